@@ -1,0 +1,213 @@
+"""The agent's settings: built once per process from a TOML file, the environment and flags.
+
+Precedence, lowest first: built-in defaults, the TOML file, `EDGEFLEET_AGENT_<SECTION>_<KEY>`
+environment variables (e.g. `EDGEFLEET_AGENT_SERVER_PORT=8001`), command-line flags. The result
+is a frozen `AgentSettings` passed explicitly to whatever needs it; nothing else reads the
+environment. The file layout:
+
+    state_dir = "/var/lib/edgefleet"
+    [server]     host, port, max_body_mb, max_elements, compress_min_bytes
+    [runtime]    intra_op_threads, inter_op_threads, inference_threads, cpu_affinity,
+                 performance_hint
+    [batching]   max_batch_size, max_queue_delay_us, max_queue_size, instances,
+                 default_timeout_us
+    [selection]  budget_s, policy
+    [models.NAME]  paths (list), version, policy, pin, and any [batching] key
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from agent.batching import BatchingConfig
+from agent.errors import AgentError
+from agent.model import ModelSpec
+from agent.runtimes.base import RuntimeOptions
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+class SettingsError(AgentError):
+    """The settings file, the environment or a flag holds an invalid value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The HTTP endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_mb: float = 64.0  # also the cap after decompression
+    max_elements: int = 16_000_000  # tensor elements per request
+    compress_min_bytes: int = 1024  # smaller responses are never compressed
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The body limit in bytes."""
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Threads and CPU placement."""
+
+    intra_op_threads: int = 0  # 0 = the runtime's default
+    inter_op_threads: int = 0
+    inference_threads: int = 0  # worker threads running batches; 0 = one per core
+    cpu_affinity: tuple[int, ...] = ()  # pin the process to these CPUs; empty = no pinning
+    performance_hint: str = "LATENCY"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionSettings:
+    """Accelerator selection defaults."""
+
+    budget_s: float = 3.0
+    policy: str = "latency"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Everything the agent process needs to know, resolved once."""
+
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    server: ServerSettings = field(default_factory=ServerSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    models: tuple[ModelSpec, ...] = ()
+
+    def runtime_options(self) -> RuntimeOptions:
+        """The options handed to every runtime adapter."""
+        return RuntimeOptions(
+            intra_op_threads=self.runtime.intra_op_threads,
+            inter_op_threads=self.runtime.inter_op_threads,
+            performance_hint=self.runtime.performance_hint,
+            max_batch_size=max(1, self.batching.max_batch_size),
+        )
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """`$STATE_DIRECTORY` under systemd, else `$XDG_STATE_HOME/edgefleet`."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edgefleet"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "runtime": RuntimeSettings,
+    "batching": BatchingConfig,
+    "selection": SelectionSettings,
+}
+
+
+def load_settings(
+    config_file: Path | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    models: Mapping[str, Mapping[str, Any]] | None = None,
+) -> AgentSettings:
+    """Merge defaults, file, environment and overrides (`{"server": {"port": 8001}}`)."""
+    document: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            document = tomllib.loads(config_file.read_text())
+        except OSError as error:
+            raise SettingsError(f"cannot read settings file {config_file}: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"{config_file} is not valid TOML: {error}") from None
+    sections: dict[str, dict[str, Any]] = {name: dict(document.get(name, {})) for name in _SECTIONS}
+    state_dir = document.get("state_dir")
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        if rest == "state_dir":
+            state_dir = value
+            continue
+        section, _, option = rest.partition("_")
+        if section not in _SECTIONS or not option:
+            raise SettingsError(f"unknown setting in environment variable {key}")
+        sections[section][option] = value
+    for section, values in (overrides or {}).items():
+        sections[section].update({k: v for k, v in values.items() if v is not None})
+    built = {name: _build(name, cls, sections[name]) for name, cls in _SECTIONS.items()}
+    settings = AgentSettings(
+        state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(env),
+        **built,
+    )
+    all_models = dict(document.get("models", {}))
+    all_models.update(models or {})
+    specs = tuple(
+        _model_spec(name, values, settings, config_file) for name, values in all_models.items()
+    )
+    return replace(settings, models=specs)
+
+
+def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
+    """Instantiate a settings dataclass, converting strings from the environment."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for key, raw in values.items():
+        if key not in known:
+            raise SettingsError(
+                f"unknown setting '{section}.{key}'; known: {', '.join(sorted(known))}"
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", raw, getattr(defaults, key))
+    return cls(**kwargs)
+
+
+def _coerce(where: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            return tuple(int(i) for i in items if str(i).strip())
+        return str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting '{where}' has an invalid value {raw!r}") from None
+
+
+def _model_spec(
+    name: str, values: Mapping[str, Any], settings: AgentSettings, config_file: Path | None
+) -> ModelSpec:
+    values = dict(values)
+    raw_paths = values.pop("paths", None)
+    if not raw_paths:
+        raise SettingsError(f"model '{name}' needs at least one file in 'paths'")
+    base = config_file.parent if config_file is not None else Path.cwd()
+    paths = tuple((base / Path(p).expanduser()).resolve() for p in raw_paths)
+    for path in paths:
+        if not path.is_file():
+            raise SettingsError(f"model '{name}': file {path} does not exist")
+    version = _coerce(f"models.{name}.version", values.pop("version", 1), 1)
+    policy = str(values.pop("policy", settings.selection.policy))
+    if policy not in ("latency", "throughput"):
+        raise SettingsError(f"model '{name}': policy must be 'latency' or 'throughput'")
+    pin = values.pop("pin", None)
+    batching = _build(f"models.{name}", BatchingConfig, {
+        **{f.name: getattr(settings.batching, f.name) for f in fields(BatchingConfig)},
+        **values,
+    })
+    return ModelSpec(
+        name=name,
+        version=version,
+        paths=paths,
+        policy=policy,
+        pin=str(pin) if pin else None,
+        batching=batching,
+        selection_budget_s=settings.selection.budget_s,
+    )

@@ -1,0 +1,108 @@
+"""The serving registry: which model versions exist on this agent and which one answers a call.
+
+Local model files (`edgefleet agent serve`) and, with the bundle issue, verified bundles both
+become `ServedModel`s here. A request without a version goes to the highest READY version,
+as Triton does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from concurrent.futures import Executor
+
+from agent.errors import ModelNotFound, ModelNotReady
+from agent.model import ModelSpec, ModelState, ServedModel
+from agent.selection import AcceleratorSelector
+
+log = logging.getLogger(__name__)
+
+
+class ModelRepository:
+    """Served model versions by name and version number."""
+
+    def __init__(self, selector: AcceleratorSelector, executor: Executor) -> None:
+        self.selector = selector
+        self._executor = executor
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._loading: set[asyncio.Task[None]] = set()
+
+    def add(self, spec: ModelSpec) -> ServedModel:
+        """Register a model version (not loaded yet)."""
+        versions = self._models.setdefault(spec.name, {})
+        if spec.version in versions:
+            raise ValueError(f"model '{spec.name}' version {spec.version} is already registered")
+        model = versions[spec.version] = ServedModel(spec, self._executor)
+        return model
+
+    async def load_all(self) -> None:
+        """Load every registered model that is not loaded, one after another.
+
+        Sequential on purpose: selection measures speed, and two measurements running at once
+        on a small device would spoil each other's figures.
+        """
+        for model in list(self.all()):
+            if model.state is ModelState.UNAVAILABLE and model.loaded_at is None:
+                await model.load(self.selector)
+
+    def start_loading(self) -> asyncio.Task[None]:
+        """Load every registered model in the background; the server answers meanwhile."""
+        task = asyncio.get_running_loop().create_task(self.load_all(), name="edgefleet-load")
+        self._loading.add(task)
+        task.add_done_callback(self._loading.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop loading and unload every model."""
+        for task in list(self._loading):
+            task.cancel()
+        await asyncio.gather(*self._loading, return_exceptions=True)
+        await asyncio.gather(*(model.unload() for model in self.all()))
+
+    def all(self) -> Iterable[ServedModel]:
+        """Every registered model version, by name then version."""
+        for name in sorted(self._models):
+            for version in sorted(self._models[name]):
+                yield self._models[name][version]
+
+    def names(self) -> list[str]:
+        """Names of the registered models."""
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every registered version of a model, lowest first; ModelNotFound if none."""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model '{name}'")
+        return [versions[v] for v in sorted(versions)]
+
+    def resolve(self, name: str, version: int | None) -> ServedModel:
+        """Return the version asked for, or the highest ready version when none is given."""
+        versions = self.versions(name)
+        if version is not None:
+            for model in versions:
+                if model.version == version:
+                    return model
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        ready = [m for m in versions if m.state is ModelState.READY]
+        return ready[-1] if ready else versions[-1]
+
+    def require_ready(self, name: str, version: int | None) -> ServedModel:
+        """Like `resolve`, but raise ModelNotReady unless the model can serve."""
+        model = self.resolve(name, version)
+        if model.state is not ModelState.READY:
+            raise ModelNotReady(
+                f"model '{name}' version {model.version} is {model.state.value.lower()}: "
+                f"{model.reason}",
+                retry_after=2.0,
+            )
+        return model
+
+    @property
+    def ready(self) -> bool:
+        """True when every registered model has a ready version (the agent's readiness)."""
+        return all(
+            any(m.state is ModelState.READY for m in versions.values())
+            for versions in self._models.values()
+        )

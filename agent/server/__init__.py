@@ -1,0 +1,1 @@
+"""The agent's HTTP front end: Open Inference Protocol REST routes and Prometheus metrics."""

@@ -1,0 +1,123 @@
+"""Builds the agent's aiohttp application and runs it until a signal stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from agent.config import AgentSettings
+from agent.dataplane import DataPlane
+from agent.hardware import probe_hardware
+from agent.repository import ModelRepository
+from agent.runtimes.registry import RuntimeRegistry
+from agent.selection import AcceleratorSelector, SelectionCache
+from agent.server.metrics import build_registry
+from agent.server.middleware import error_middleware
+from agent.server.routes import add_routes
+from agent.server.state import DATAPLANE, METRICS, SETTINGS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Agent:
+    """The pieces of a running agent, wired together."""
+
+    settings: AgentSettings
+    repository: ModelRepository
+    dataplane: DataPlane
+    executor: ThreadPoolExecutor
+    app: web.Application
+
+
+def build_agent(settings: AgentSettings, registry: RuntimeRegistry | None = None) -> Agent:
+    """Wire settings, runtimes, selection, repository and HTTP routes into one agent."""
+    registry = registry or RuntimeRegistry.default()
+    threads = settings.runtime.inference_threads or max(2, os.cpu_count() or 1)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgefleet-infer")
+    hardware = probe_hardware(registry, include_devices=False)
+    selector = AcceleratorSelector(
+        registry,
+        settings.runtime_options(),
+        SelectionCache(settings.state_dir / "selection-cache.json"),
+        hardware.fingerprint(),
+    )
+    repository = ModelRepository(selector, executor)
+    for spec in settings.models:
+        repository.add(spec)
+    dataplane = DataPlane(repository)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[DATAPLANE] = dataplane
+    app[METRICS] = build_registry(repository)
+    add_routes(app)
+    agent = Agent(settings, repository, dataplane, executor, app)
+    app.cleanup_ctx.append(_lifecycle(agent))
+    return agent
+
+
+def _lifecycle(agent: Agent) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Load models when the server starts; unload them and stop the workers when it stops."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        agent.repository.start_loading()
+        yield
+        await agent.repository.close()
+        agent.executor.shutdown(wait=True, cancel_futures=True)
+
+    return lifecycle
+
+
+async def serve(
+    agent: Agent,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down cleanly.
+
+    `started` is called with the bound port once the socket listens (port 0 picks a free one).
+    """
+    settings = agent.settings
+    if settings.runtime.cpu_affinity:
+        os.sched_setaffinity(0, settings.runtime.cpu_affinity)
+    runner = web.AppRunner(
+        agent.app,
+        access_log=None,  # an access log halves throughput; metrics cover it
+        handler_cancellation=True,  # a client that disconnects cancels its queued work
+        auto_decompress=False,  # decompression is ours, with a cap (gzip bombs)
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    port = _bound_port(runner, settings.server.port)
+    log.info("serving the inference API on http://%s:%d/v2", settings.server.host, port)
+    if stop is None:
+        stop = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started(port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: finishing requests in flight and unloading models")
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, requested: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return requested

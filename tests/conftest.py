@@ -1,0 +1,55 @@
+"""Fixtures shared by every test: sample models, and a guard against blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+# Any single callback that holds the loop longer than this fails the test. It is a guard
+# against blocking calls (runtime inference, file hashing, big decodes on the loop), set far
+# above what any non-blocking callback takes even on a loaded machine.
+BLOCKED_LOOP_SECONDS = 0.5
+
+
+class _SlowCallbackRecorder(logging.Handler):
+    """Collects asyncio's debug-mode 'Executing ... took N seconds' reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing ") and " took " in message:
+            self.reports.append(message)
+
+
+@pytest.fixture(autouse=True)
+async def event_loop_blocking_guard() -> AsyncIterator[None]:
+    """Fail the test if any callback on its event loop blocked for too long."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = BLOCKED_LOOP_SECONDS
+    recorder = _SlowCallbackRecorder()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(recorder)
+    try:
+        yield
+    finally:
+        asyncio_log.removeHandler(recorder)
+    if recorder.reports:
+        pytest.fail("the event loop was blocked:\n" + "\n".join(recorder.reports))
+
+
+@pytest.fixture(scope="session")
+def sample_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample models (MLP and CNN in every format), generated once per test session."""
+    from agent.sample_models import write_sample_models
+
+    directory = tmp_path_factory.mktemp("sample-models")
+    write_sample_models(directory)
+    return directory
