@@ -238,7 +238,10 @@ class DynamicBatcher:
                 self._stats.record_queue(int((now - item.enqueued_at) * 1e9))
             try:
                 results = await loop.run_in_executor(
-                    self._executor, _run_batch, self._run, [i.inputs for i in live],
+                    self._executor,
+                    _run_batch,
+                    self._run,
+                    [i.inputs for i in live],
                     self.config.max_batch_size > 0,
                 )
             except Exception as error:  # delivered to every caller of the batch
@@ -271,9 +274,7 @@ def _run_batch(
     if len(requests) == 1 or not merge:
         merged: Mapping[str, np.ndarray] = requests[0]
     else:
-        merged = {
-            name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]
-        }
+        merged = {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
     t1 = time.perf_counter_ns()
     outputs = run(merged)
     t2 = time.perf_counter_ns()

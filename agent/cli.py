@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `agent` command group."""
     agent = subparsers.add_parser(
-        "agent", help="run the edge agent or inspect this device",
+        "agent",
+        help="run the edge agent or inspect this device",
         description="Run the edge agent or inspect this device.",
     )
     commands = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
@@ -37,26 +38,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="example: edgefleet agent serve --model mlp=models/mlp.onnx,models/mlp.tflite",
     )
     serve.add_argument(
-        "--model", action="append", default=[], metavar="NAME=PATH[,PATH...]",
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[,PATH...]",
         help="a model to serve; repeat for several models",
     )
     serve.add_argument("--config", type=Path, help="settings file (TOML); flags override it")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--state-dir", type=Path, help="where the selection cache is kept")
-    serve.add_argument("--policy", choices=["latency", "throughput"],
-                       help="what the accelerator selection optimises (default latency)")
-    serve.add_argument("--pin", action="append", default=[], metavar="NAME=RUNTIME[/DEVICE]",
-                       help="skip measuring and use this backend, e.g. mlp=onnxruntime/CPU")
-    serve.add_argument("--selection-budget", type=float, metavar="SECONDS",
-                       help="time to spend measuring the candidates of each model (default 3)")
+    serve.add_argument(
+        "--policy",
+        choices=["latency", "throughput"],
+        help="what the accelerator selection optimises (default latency)",
+    )
+    serve.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="NAME=RUNTIME[/DEVICE]",
+        help="skip measuring and use this backend, e.g. mlp=onnxruntime/CPU",
+    )
+    serve.add_argument(
+        "--selection-budget",
+        type=float,
+        metavar="SECONDS",
+        help="time to spend measuring the candidates of each model (default 3)",
+    )
     serve.add_argument("--max-batch-size", type=int, help="largest merged batch (default 32)")
-    serve.add_argument("--max-queue-delay-us", type=int,
-                       help="how long a request may wait for others to batch with (default 0)")
-    serve.add_argument("--max-queue-size", type=int,
-                       help="queued requests per model before answering 503 (default 256)")
-    serve.add_argument("--threads", type=int, metavar="N",
-                       help="intra-op threads per runtime session (default: the runtime's)")
+    serve.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        help="how long a request may wait for others to batch with (default 0)",
+    )
+    serve.add_argument(
+        "--max-queue-size",
+        type=int,
+        help="queued requests per model before answering 503 (default 256)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="intra-op threads per runtime session (default: the runtime's)",
+    )
     serve.add_argument("--cpu-affinity", metavar="CPUS", help="pin the agent to CPUs, e.g. 0,1")
     serve.set_defaults(func=_serve)
 
@@ -69,11 +95,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     probe.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    probe.add_argument("--model", action="append", type=Path, default=[], metavar="FILE",
-                       help="a model file to measure; repeat to compare variants of one model")
+    probe.add_argument(
+        "--model",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a model file to measure; repeat to compare variants of one model",
+    )
     probe.add_argument("--policy", choices=["latency", "throughput"], default="latency")
-    probe.add_argument("--budget", type=float, default=3.0, metavar="SECONDS",
-                       help="measuring time for the model (default 3)")
+    probe.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="measuring time for the model (default 3)",
+    )
     probe.add_argument("--max-batch-size", type=int, default=32)
     probe.set_defaults(func=_probe)
 
@@ -140,16 +177,23 @@ def _probe(args: argparse.Namespace) -> int:
                 print(f"error: model file {path} does not exist", file=sys.stderr)
                 return 1
         selector = AcceleratorSelector(
-            registry, RuntimeOptions(max_batch_size=args.max_batch_size), SelectionCache(None),
+            registry,
+            RuntimeOptions(max_batch_size=args.max_batch_size),
+            SelectionCache(None),
             hardware.fingerprint(),
         )
         request = SelectionRequest(
-            model=args.model[0].stem.split(".")[0], paths=tuple(args.model), policy=args.policy,
-            max_batch=args.max_batch_size, budget_s=args.budget,
+            model=args.model[0].stem.split(".")[0],
+            paths=tuple(args.model),
+            policy=args.policy,
+            max_batch=args.max_batch_size,
+            budget_s=args.budget,
         )
         if not args.json:
-            print(f"\nmeasuring {len(args.model)} file(s) for about {args.budget:.0f} s ...",
-                  flush=True)
+            print(
+                f"\nmeasuring {len(args.model)} file(s) for about {args.budget:.0f} s ...",
+                flush=True,
+            )
         try:
             selection = selector.select(request)
         except AgentError as error:
@@ -171,10 +215,20 @@ def _probe(args: argparse.Namespace) -> int:
                 ]
                 for m in report.measurements
             ]
-            print(format_rows(
-                ["candidate", "status", "load ms", "b1 p50 ms", "b1 p95 ms",
-                 f"b{args.max_batch_size} rows/s", "error"], rows,
-            ))
+            print(
+                format_rows(
+                    [
+                        "candidate",
+                        "status",
+                        "load ms",
+                        "b1 p50 ms",
+                        "b1 p95 ms",
+                        f"b{args.max_batch_size} rows/s",
+                        "error",
+                    ],
+                    rows,
+                )
+            )
             print(f"\nchosen for {report.policy}: {report.chosen}")
     if args.json:
         print(json.dumps(result, indent=2))

@@ -198,10 +198,14 @@ def _model_spec(
     if policy not in ("latency", "throughput"):
         raise SettingsError(f"model '{name}': policy must be 'latency' or 'throughput'")
     pin = values.pop("pin", None)
-    batching = _build(f"models.{name}", BatchingConfig, {
-        **{f.name: getattr(settings.batching, f.name) for f in fields(BatchingConfig)},
-        **values,
-    })
+    batching = _build(
+        f"models.{name}",
+        BatchingConfig,
+        {
+            **{f.name: getattr(settings.batching, f.name) for f in fields(BatchingConfig)},
+            **values,
+        },
+    )
     return ModelSpec(
         name=name,
         version=version,

@@ -25,9 +25,9 @@ import numpy as np
 
 from agent.batching import BatchingConfig, DynamicBatcher
 from agent.errors import AgentError, BackendError, InvalidRequest, ModelLoadError, ModelNotReady
+from agent.inference import InferenceRequest
 from agent.runtimes.base import Backend, BackendDescription, Candidate
 from agent.selection import AcceleratorSelector, SelectionReport, SelectionRequest
-from agent.inference import InferenceRequest
 from agent.stats import ModelStatistics
 from agent.tensors import BINARY_ONLY
 
@@ -116,7 +116,9 @@ class BackendChain:
                 continue
             log.error(
                 "%s failed %d times in a row; falling back to %s",
-                failed.candidate.key, self._failures, candidate.key,
+                failed.candidate.key,
+                self._failures,
+                candidate.key,
             )
             self.current = replacement
             self._failures = 0
@@ -201,9 +203,7 @@ class ServedModel:
         self._batcher = DynamicBatcher(self._chain.infer, self._executor, self.batching, self.stats)
         self._batcher.start()
         self.loaded_at = time.time()
-        log.info(
-            "%s v%d ready on %s (%s)", self.name, self.version, report.chosen, report.source
-        )
+        log.info("%s v%d ready on %s (%s)", self.name, self.version, report.chosen, report.source)
         self._transition(ModelState.READY)
 
     def _adopt(self, backend: Backend) -> None:

@@ -93,8 +93,8 @@ class ModelRepository:
         model = self.resolve(name, version)
         if model.state is not ModelState.READY:
             raise ModelNotReady(
-                f"model '{name}' version {model.version} is {model.state.value.lower()}: "
-                f"{model.reason}",
+                f"model '{name}' version {model.version} is not ready "
+                f"({model.state.value.lower()}: {model.reason})",
                 retry_after=2.0,
             )
         return model

@@ -217,7 +217,8 @@ class AcceleratorSelector:
                 except ModelLoadError as error:
                     log.warning(
                         "%s: cached choice no longer loads (%s); measuring again",
-                        request.model, error,
+                        request.model,
+                        error,
                     )
                     self.cache.discard(key)
         candidates = self.registry.candidates(request.paths)
@@ -308,18 +309,18 @@ class AcceleratorSelector:
         self, candidate: Candidate, request: SelectionRequest, budget_s: float
     ) -> tuple[Measurement, Backend | None]:
         """Load one candidate, warm it up, and time it at batch 1 and at the largest batch."""
-        base = {
-            "candidate": candidate.key,
-            "runtime": candidate.runtime,
-            "device": candidate.device,
-            "file": candidate.path.name,
-            "precision": candidate.precision,
-        }
+        base = (
+            candidate.key,
+            candidate.runtime,
+            candidate.device,
+            candidate.path.name,
+            candidate.precision,
+        )
         started = self._clock()
         try:
             backend = self._load(candidate)
         except AgentError as error:
-            return Measurement(**base, ok=False, error=str(error)), None
+            return Measurement(*base, ok=False, error=str(error)), None
         load_ms = (self._clock() - started) * 1000
         try:
             description = backend.describe()
@@ -335,11 +336,11 @@ class AcceleratorSelector:
             large_times = self._time_runs(backend, large, deadline, 50)
         except AgentError as error:
             backend.unload()
-            return Measurement(**base, ok=False, error=str(error), load_ms=load_ms), None
+            return Measurement(*base, ok=False, error=str(error), load_ms=load_ms), None
         single_sorted = sorted(single_times)
         return (
             Measurement(
-                **base,
+                *base,
                 ok=True,
                 load_ms=round(load_ms, 2),
                 latency_ms_p50=round(statistics.median(single_sorted) * 1000, 4),
@@ -384,8 +385,10 @@ def synthetic_inputs(description: BackendDescription, batch: int) -> dict[str, n
     rng = np.random.default_rng(0)
     inputs: dict[str, np.ndarray] = {}
     for spec in description.inputs:
-        shape = [batch if i == 0 and description.batchable else max(d, 1) for i, d in enumerate(
-            spec.shape)]
+        shape = [
+            batch if i == 0 and description.batchable else max(d, 1)
+            for i, d in enumerate(spec.shape)
+        ]
         dtype = OIP_TO_NUMPY[spec.datatype]
         if spec.datatype == "BYTES":
             array = np.full(shape, b"x", dtype=np.object_)

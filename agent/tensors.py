@@ -1,14 +1,15 @@
 """Open Inference Protocol datatypes and their numpy equivalents.
 
-BYTES tensors are numpy object arrays of `bytes`. BF16 has no numpy dtype of its own: the agent
-carries it as `uint16` words holding the upper half of an IEEE float32 (what tritonclient sends),
-so its bytes pass through untouched; a runtime that wants real bfloat16 views them itself.
+BYTES tensors are numpy object arrays of `bytes`. BF16 has no numpy dtype of its own; like
+tritonclient (since r26.06) the agent uses `ml_dtypes.bfloat16`, whose bytes are the upper half
+of an IEEE float32.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 # OIP datatype -> numpy dtype. Element sizes follow from the dtype, except BYTES (variable).
@@ -25,12 +26,12 @@ OIP_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(np.uint16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
     "BYTES": np.dtype(np.object_),
 }
 
 _NUMPY_TO_OIP: dict[np.dtype[np.generic], str] = {
-    dtype: name for name, dtype in OIP_TO_NUMPY.items() if name != "BF16"
+    dtype: name for name, dtype in OIP_TO_NUMPY.items()
 }
 
 # Datatypes that cannot travel as JSON numbers without losing meaning (Triton refuses them too).

@@ -1,1 +1,1 @@
-"""Code that the agent and the control plane both depend on: contracts, formats, the command line."""
+"""Code that both the agent and the control plane need: contracts, formats, the CLI."""

@@ -43,7 +43,7 @@ def build_agent(settings: AgentSettings, registry: RuntimeRegistry | None = None
     registry = registry or RuntimeRegistry.default()
     threads = settings.runtime.inference_threads or max(2, os.cpu_count() or 1)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgefleet-infer")
-    hardware = probe_hardware(registry, include_devices=False)
+    hardware = probe_hardware(registry, list_devices=False)
     selector = AcceleratorSelector(
         registry,
         settings.runtime_options(),

@@ -145,7 +145,9 @@ def _decode_input(
         chunk = binary[offset : offset + size]
         return name, datatype, _from_binary(where, datatype, shape, count, chunk), size
     if "data" not in raw:
-        raise InvalidRequest(f"{where}: 'data' is missing (or send it binary with binary_data_size)")
+        raise InvalidRequest(
+            f"{where}: 'data' is missing (or send it binary with binary_data_size)"
+        )
     if datatype in BINARY_ONLY:
         raise InvalidRequest(f"{where}: {datatype} data must be sent in binary, not as JSON")
     return name, datatype, _from_json(where, datatype, shape, count, raw["data"]), 0

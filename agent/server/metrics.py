@@ -54,12 +54,11 @@ class InferenceCollector(Collector):
             )
         }
         latency = HistogramMetricFamily(
-            p + "request_latency_seconds", "End-to-end latency of successful requests",
+            p + "request_latency_seconds",
+            "End-to-end latency of successful requests",
             labels=LABELS,
         )
-        batch = HistogramMetricFamily(
-            p + "batch_size", "Rows per model execution", labels=LABELS
-        )
+        batch = HistogramMetricFamily(p + "batch_size", "Rows per model execution", labels=LABELS)
         ready = GaugeMetricFamily(
             "edgefleet_model_ready", "1 when the model version is ready", labels=LABELS
         )
@@ -78,18 +77,29 @@ class InferenceCollector(Collector):
             durations["compute_input"].add_metric(labels, s.compute_input.ns / 1000)
             durations["compute_infer"].add_metric(labels, s.compute_infer.ns / 1000)
             durations["compute_output"].add_metric(labels, s.compute_output.ns / 1000)
-            latency.add_metric(labels, _cumulative(LATENCY_BUCKETS, s.latency.counts),
-                               sum_value=s.latency.total_s)
+            latency.add_metric(
+                labels, _cumulative(LATENCY_BUCKETS, s.latency.counts), sum_value=s.latency.total_s
+            )
             batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
             batch_sum = 0.0
             for size, stat in s.batches.items():
-                slot = next((i for i, b in enumerate(BATCH_BUCKETS) if size <= b),
-                            len(BATCH_BUCKETS))
+                slot = next(
+                    (i for i, b in enumerate(BATCH_BUCKETS) if size <= b), len(BATCH_BUCKETS)
+                )
                 batch_counts[slot] += stat.infer.count
                 batch_sum += size * stat.infer.count
             batch.add_metric(labels, _cumulative(BATCH_BUCKETS, batch_counts), sum_value=batch_sum)
-        yield from (success, failure, count, executions, pending, *durations.values(), latency,
-                    batch, ready)
+        yield from (
+            success,
+            failure,
+            count,
+            executions,
+            pending,
+            *durations.values(),
+            latency,
+            batch,
+            ready,
+        )
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:

@@ -32,7 +32,9 @@ _STATUS: tuple[tuple[type[AgentError], int], ...] = (
 )
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON error body as the protocol prescribes."""
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -63,13 +65,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        message = error.reason if error.status != 413 else (
-            f"the request body is larger than the limit of "
-            f"{request.app[SETTINGS].server.max_body_bytes} bytes"
+        message = (
+            error.reason
+            if error.status != 413
+            else (
+                f"the request body is larger than the limit of "
+                f"{request.app[SETTINGS].server.max_body_bytes} bytes"
+            )
         )
-        return error_response(error.status, message, {k: v for k, v in error.headers.items()
-                                                        if k.lower() in ("allow", "retry-after")})
+        return error_response(
+            error.status,
+            message,
+            {k: v for k, v in error.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "internal error; see the agent's log")
-

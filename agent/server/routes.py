@@ -29,9 +29,7 @@ T = TypeVar("T")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json"
-    )
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def _version(request: web.Request) -> int | None:
@@ -199,15 +197,20 @@ async def _offload(func: Callable[..., T], *args: Any) -> T:
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """Inflate a gzip or deflate body, refusing to produce more than `limit` bytes."""
     # deflate means the zlib format (what tritonclient sends); accept raw deflate streams too.
-    attempts = (zlib.MAX_WBITS | 16,) if encoding in ("gzip", "x-gzip") else (
-        zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    attempts = (
+        (zlib.MAX_WBITS | 16,)
+        if encoding in ("gzip", "x-gzip")
+        else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    )
     for wbits in attempts:
         inflater = zlib.decompressobj(wbits)
         try:
             data = inflater.decompress(body, limit + 1)
         except zlib.error as error:
             if wbits == attempts[-1]:
-                raise InvalidRequest(f"the {encoding} body cannot be decompressed: {error}") from None
+                raise InvalidRequest(
+                    f"the {encoding} body cannot be decompressed: {error}"
+                ) from None
             continue
         if len(data) > limit or inflater.unconsumed_tail:
             raise PayloadTooLarge(

@@ -89,8 +89,9 @@ class AgentThread:
 
 
 @contextmanager
-def running_agent(settings: AgentSettings, registry: RuntimeRegistry | None = None) -> Iterator[
-        AgentThread]:
+def running_agent(
+    settings: AgentSettings, registry: RuntimeRegistry | None = None
+) -> Iterator[AgentThread]:
     """A context manager around `AgentThread`."""
     agent = AgentThread(settings, registry).start()
     try:
