@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +259,15 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("DIR", "samples.json", "<model>.int8.onnx"):
         assert text in out
+
+
+def test_cli_module_imports_no_runtime() -> None:
+    """Registering the command (what `edgefleet --help` does) loads no runtime package."""
+    runtimes = ("onnx", "onnxruntime", "openvino", "ai_edge_litert")
+    code = (
+        f"import sys, agent.sample_models.cli; print([m for m in {runtimes!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

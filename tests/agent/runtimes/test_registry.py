@@ -186,5 +186,5 @@ def test_create_returns_an_unloaded_real_backend(registry: RuntimeRegistry) -> N
 
 def test_versions_of_installed_runtimes(registry: RuntimeRegistry) -> None:
     versions = registry.versions()
-    assert versions["onnxruntime"] == onnxruntime.__version__
+    assert versions["onnxruntime"] == f"onnxruntime=={onnxruntime.__version__}"
     assert set(versions) <= {"onnxruntime", "openvino", "tflite"}
