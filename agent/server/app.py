@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,13 @@ from agent.server.routes import add_routes
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
 
 log = logging.getLogger(__name__)
+
+# How the HTTP server must run (tests start it with the same options). Besides these,
+# handler_cancellation=True: a client that disconnects cancels its queued work.
+RUNNER_OPTIONS: dict[str, Any] = {
+    "access_log": None,  # an access log halves throughput; the metrics count requests
+    "auto_decompress": False,  # decompression is ours, with a cap (gzip bombs)
+}
 
 
 @dataclass
@@ -90,12 +98,7 @@ async def serve(
     settings = agent.settings
     if settings.runtime.cpu_affinity:
         os.sched_setaffinity(0, settings.runtime.cpu_affinity)
-    runner = web.AppRunner(
-        agent.app,
-        access_log=None,  # an access log halves throughput; metrics cover it
-        handler_cancellation=True,  # a client that disconnects cancels its queued work
-        auto_decompress=False,  # decompression is ours, with a cap (gzip bombs)
-    )
+    runner = web.AppRunner(agent.app, handler_cancellation=True, **RUNNER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
