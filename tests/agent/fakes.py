@@ -1,8 +1,8 @@
 """A fake runtime whose behaviour each test controls: slow, broken at load, broken at run.
 
-Model files have the suffix `.fake` and hold JSON such as
-`{"latency_ms": 2, "fail_load": false, "fail_infer": false}`. Every fake model takes
-`x` FP32 [N, 4] and returns `y = x * scale`.
+Model files have the suffix `.fake` and hold JSON such as `{"latency_ms": 2, "fail_load": false,
+"fail_infer": false, "fail_after": 10, "scale": 2}`. Every fake model takes `x` FP32 [N, 4] and
+returns `y = x * scale`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class FakeBackend(Backend):
         super().__init__(candidate, options)
         self.runtime = runtime
         self.behaviour: dict[str, Any] = {}
+        self.runs = 0
 
     def load(self) -> None:
         """Read the behaviour; fail if it says so."""
@@ -63,7 +64,9 @@ class FakeBackend(Backend):
         with self.runtime.lock:
             self.runtime.waiting -= 1
         self.runtime.calls.append((self.candidate.key, int(inputs["x"].shape[0])))
-        if self.behaviour.get("fail_infer"):
+        self.runs += 1
+        fail_after = self.behaviour.get("fail_after")
+        if self.behaviour.get("fail_infer") or (fail_after is not None and self.runs > fail_after):
             raise BackendError(f"fake failed running {self.candidate.key}")
         latency = float(self.behaviour.get("latency_ms", 0)) / 1000
         if latency:

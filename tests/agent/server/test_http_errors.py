@@ -34,15 +34,14 @@ class Served:
     fake: FakeRuntime
 
 
-async def wait_ready(client: TestClient[Any, Any], timeout: float = 60.0) -> None:
-    """Poll readiness with a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        async with client.get("/v2/health/ready") as response:
-            if response.status == 200:
-                return
-        await asyncio.sleep(0.02)
-    raise TimeoutError("models did not load")
+async def wait_ready(client: TestClient[Any, Any]) -> None:
+    """Poll readiness until the models are loaded (or a minute has passed)."""
+    async with asyncio.timeout(60):
+        while True:
+            async with client.get("/v2/health/ready") as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -72,12 +71,14 @@ async def served(sample_models: Path, tmp_path: Path) -> AsyncIterator[Served]:
         yield Served(client, fake)
 
 
-async def held(fake: FakeRuntime, timeout: float = 30.0) -> None:
+async def held(fake: FakeRuntime) -> None:
     """Wait until a request is running and held at the fake model's gate."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while fake.waiting == 0:
-        assert asyncio.get_running_loop().time() < deadline, "no request reached the model"
-        await asyncio.sleep(0.01)
+    # The counter is updated from a worker thread, so it is polled rather than awaited.
+    async with asyncio.timeout(30):
+        while True:
+            if fake.waiting:
+                return
+            await asyncio.sleep(0.01)
 
 
 def mlp_request(**overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+# EdgeFleet developer entry points. `make test` and `make demo` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= .demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: help venv lint test demo bench clean
+
+help:
+	@echo "make demo   set up, write the sample models and serve them on http://$(HOST):$(PORT)"
+	@echo "make test   set up, then ruff, mypy --strict and pytest"
+	@echo "make bench  serving benchmark; writes docs/benchmarks.md"
+
+# The virtual environment, with the project (all extras) and the dev tools.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/edgefleet sample-models $(DEMO_DIR)/models
+	@echo
+	@echo "Serving on http://$(HOST):$(PORT)/v2 (Ctrl-C stops). Try, in another terminal:"
+	@echo "  curl -s http://$(HOST):$(PORT)/v2/models/mlp/config | python3 -m json.tool"
+	@echo "  $(BIN)/python examples/infer_mlp.py --url $(HOST):$(PORT)"
+	@echo
+	$(BIN)/edgefleet agent serve --host $(HOST) --port $(PORT) --state-dir $(DEMO_DIR)/state \
+		--model mlp=$(DEMO_DIR)/models/mlp.onnx,$(DEMO_DIR)/models/mlp.xml,$(DEMO_DIR)/models/mlp.tflite \
+		--model cnn=$(DEMO_DIR)/models/cnn.onnx,$(DEMO_DIR)/models/cnn.xml,$(DEMO_DIR)/models/cnn.tflite
+
+bench: venv
+	$(BIN)/python -m bench.serving
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
