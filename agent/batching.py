@@ -70,7 +70,6 @@ class DynamicBatcher:
         self.config = config
         self._stats = stats
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._queued = 0  # live entries in _queue (cancelled or expired ones linger until popped)
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, config.instances))
         self._running: set[asyncio.Task[None]] = set()
@@ -80,7 +79,7 @@ class DynamicBatcher:
     @property
     def pending(self) -> int:
         """Requests waiting in the queue (not yet executing)."""
-        return self._queued
+        return len(self._queue)
 
     def start(self) -> None:
         """Start the dispatcher task on the running loop."""
@@ -105,7 +104,7 @@ class DynamicBatcher:
         """Queue one request and return its outputs once its batch has run."""
         if self._closed:
             raise QueueFull("the model is being unloaded", retry_after=1.0)
-        if self._queued >= self.config.max_queue_size:
+        if len(self._queue) >= self.config.max_queue_size:
             raise QueueFull(
                 f"the queue of this model is full ({self.config.max_queue_size} requests)",
                 retry_after=max(0.05, self.config.max_queue_delay_us / 1e6),
@@ -124,8 +123,7 @@ class DynamicBatcher:
         if deadline is not None:
             item.expiry = loop.call_at(deadline, self._expire, item)
         self._queue.append(item)
-        self._queued += 1
-        self._stats.set_pending(self._queued)
+        self._stats.set_pending(len(self._queue))
         self._wakeup.set()
         try:
             return await item.future
@@ -133,6 +131,7 @@ class DynamicBatcher:
             # The caller went away: drop the work if it has not started yet.
             if not item.future.done():
                 item.future.cancel()
+            self._forget(item)
             raise
 
     def _expire(self, item: _Pending) -> None:
@@ -140,6 +139,17 @@ class DynamicBatcher:
             item.future.set_exception(
                 DeadlineExceeded("the request's timeout expired while it was queued")
             )
+        self._forget(item)
+
+    def _forget(self, item: _Pending) -> None:
+        """Take an abandoned or expired request out of the queue, so it no longer counts."""
+        if item.expiry is not None:
+            item.expiry.cancel()
+        try:
+            self._queue.remove(item)  # O(queue), and the queue is bounded
+        except ValueError:
+            return  # already taken by the dispatcher
+        self._stats.set_pending(len(self._queue))
 
     def _fail(self, item: _Pending, error: Exception) -> None:
         if item.expiry is not None:
@@ -156,7 +166,7 @@ class DynamicBatcher:
             except BaseException:
                 self._slots.release()
                 raise
-            self._stats.set_pending(self._queued)
+            self._stats.set_pending(len(self._queue))
             task = loop.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -177,7 +187,6 @@ class DynamicBatcher:
         while True:
             while self._queue:
                 item = self._queue.popleft()
-                self._queued -= 1
                 if not item.future.done():
                     return item
             self._wakeup.clear()
@@ -210,10 +219,8 @@ class DynamicBatcher:
             item = queue[index]
             if item.future.done():  # cancelled by its caller or expired: forget it
                 del queue[index]
-                self._queued -= 1
             elif item.shape_key == first.shape_key and rows + item.rows <= limit:
                 del queue[index]
-                self._queued -= 1
                 batch.append(item)
                 rows += item.rows
             else:  # a different shape waits for a batch of its own

@@ -20,8 +20,9 @@ from agent.batching import BatchingConfig
 from agent.config import AgentSettings, SelectionSettings, ServerSettings
 from agent.model import ModelSpec
 from agent.runtimes.registry import RuntimeRegistry
-from agent.server.app import RUNNER_OPTIONS, build_agent
+from agent.server.app import RUNNER_OPTIONS, Agent, build_agent
 from tests.agent.fakes import FakeRuntime, write_fake_model
+from tests.agent.polling import until
 
 MLP_INFER = "/v2/models/mlp/infer"
 
@@ -32,6 +33,7 @@ class Served:
 
     client: TestClient[Any, Any]
     fake: FakeRuntime
+    agent: Agent
 
 
 async def wait_ready(client: TestClient[Any, Any]) -> None:
@@ -68,17 +70,12 @@ async def served(sample_models: Path, tmp_path: Path) -> AsyncIterator[Served]:
     await server.start_server(**RUNNER_OPTIONS)  # TestServer adds handler_cancellation itself
     async with TestClient(server) as client:
         await wait_ready(client)
-        yield Served(client, fake)
+        yield Served(client, fake, agent)
 
 
 async def held(fake: FakeRuntime) -> None:
     """Wait until a request is running and held at the fake model's gate."""
-    # The counter is updated from a worker thread, so it is polled rather than awaited.
-    async with asyncio.timeout(30):
-        while True:
-            if fake.waiting:
-                return
-            await asyncio.sleep(0.01)
+    await until(lambda: fake.waiting > 0)
 
 
 def mlp_request(**overrides: Any) -> dict[str, Any]:
@@ -349,3 +346,33 @@ async def test_metrics_follow_requests(served: Served) -> None:
     # The malformed body never reached the model: no backend failure is counted.
     backend_failures = (*mlp[:2], ("reason", "backend"), mlp[2])
     assert samples[("edgefleet_inference_request_failure_total", backend_failures)] == 0
+
+
+async def test_work_of_a_disconnected_client_is_dropped(served: Served) -> None:
+    served.fake.gate.clear()
+    measured = len(served.fake.calls)  # selection ran the model while measuring it
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    )
+    blocker = asyncio.ensure_future(served.client.post("/v2/models/slow/infer", data=body))
+    await held(served.fake)
+    # A second client queues a request behind the held one, then hangs up.
+    assert served.client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.client.port)
+    writer.write(
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    model = served.agent.repository.resolve("slow", None)
+    await until(lambda: model.pending == 1)
+    writer.close()
+    await writer.wait_closed()
+    await until(lambda: model.pending == 0)  # the cancelled request leaves the queue
+    served.fake.gate.set()
+    response = await blocker
+    assert response.status == 200
+    response.release()
+    assert len(served.fake.calls) == measured + 1, "the abandoned request must not run"
+    del reader

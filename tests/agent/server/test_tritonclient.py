@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from agent.batching import BatchingConfig
 from agent.config import AgentSettings, SelectionSettings
 from agent.model import ModelSpec
 from tests.agent.echo_model import ECHO_TYPES, build_echo_model
@@ -38,6 +40,15 @@ def agent(sample_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for name, (file, pin, *_rest) in RUNTIME_MODELS.items()
     ]
     specs.append(ModelSpec(name="echo", version=1, paths=(build_echo_model(state / "echo.onnx"),)))
+    # A long queue delay makes concurrent requests share batches deterministically.
+    specs.append(
+        ModelSpec(
+            name="mlp_batched",
+            version=1,
+            paths=(sample_models / "mlp.onnx",),
+            batching=BatchingConfig(max_batch_size=8, max_queue_delay_us=500_000),
+        )
+    )
     settings = AgentSettings(
         state_dir=state, models=tuple(specs), selection=SelectionSettings(budget_s=0.2)
     )
@@ -268,3 +279,35 @@ async def test_aio_client(agent: AgentThread, sample_models: Path) -> None:
                 np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
     finally:
         await client.close()
+
+
+async def test_concurrent_requests_are_batched_and_answered_individually(
+    agent: AgentThread, sample_models: Path
+) -> None:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(sample_models / "mlp.onnx"), providers=["CPUExecutionProvider"]
+    )
+    rows = np.random.default_rng(7).standard_normal((16, 64)).astype(np.float32)
+    client = aioclient.InferenceServerClient(agent.url)
+    try:
+        before = (await client.get_inference_statistics("mlp_batched"))["model_stats"][0]
+
+        async def one(row: np.ndarray) -> np.ndarray:
+            tensor = aioclient.InferInput("input", [1, 64], "FP32")
+            tensor.set_data_from_numpy(row[None, :])
+            result = await client.infer("mlp_batched", [tensor])
+            return np.asarray(result.as_numpy("probabilities"))
+
+        answers = await asyncio.gather(*(one(row) for row in rows))
+        after = (await client.get_inference_statistics("mlp_batched"))["model_stats"][0]
+    finally:
+        await client.close()
+    for row, got in zip(rows, answers, strict=True):
+        (want,) = session.run(None, {"input": row[None, :]})
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    executions = after["execution_count"] - before["execution_count"]
+    assert after["inference_count"] - before["inference_count"] == len(rows)
+    assert executions < len(rows), "16 concurrent requests never shared a batch"
+    assert any(b["batch_size"] > 1 for b in after["batch_stats"])
