@@ -36,7 +36,7 @@ class BatchingConfig:
     """How a model's requests are queued and merged (Triton's `dynamic_batching` knobs)."""
 
     max_batch_size: int = 32  # 0 disables merging: each request runs alone
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0  # as Triton: under load, batches form while the model is busy
     max_queue_size: int = 256
     instances: int = 1  # executions of this model allowed to run at the same time
     default_timeout_us: int = 0  # 0 = no deadline unless the request sets one
