@@ -48,12 +48,7 @@ def decode_request(body: bytes, header_length: int | None, max_elements: int) ->
                 f"({len(body)} bytes)"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object")
+    document = decode_json_object(header)
     request = InferenceRequest(inputs={}, datatypes={})
     request_id = document.get("id")
     if request_id is not None:
@@ -80,6 +75,19 @@ def decode_request(body: bytes, header_length: int | None, max_elements: int) ->
         )
     request.outputs = _decode_outputs(document.get("outputs"))
     return request
+
+
+def decode_json_object(body: bytes | memoryview) -> dict[str, Any]:
+    """Parse a JSON object body; an empty body is an empty object."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        if not bytes(body).strip():  # checked only on this path: bodies can be large
+            return {}
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return document
 
 
 def _read_parameters(raw: object, request: InferenceRequest) -> None:

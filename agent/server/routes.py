@@ -18,7 +18,12 @@ from aiohttp import web
 from agent.dataplane import DataPlane
 from agent.errors import InvalidRequest, ModelNotReady, PayloadTooLarge, Unsupported
 from agent.inference import InferenceRequest
-from agent.server.codec import EncodedResponse, decode_request, encode_response
+from agent.server.codec import (
+    EncodedResponse,
+    decode_json_object,
+    decode_request,
+    encode_response,
+)
 from agent.server.metrics import CONTENT_TYPE, render
 from agent.server.middleware import error_response
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
@@ -88,18 +93,9 @@ async def model_stats(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     """`POST /v2/repository/index` with an optional body `{"ready": bool}`."""
-    body = await request.read()
-    ready_only = False
-    if body.strip():
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-        if not isinstance(document, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        ready_only = document.get("ready", False)
-        if not isinstance(ready_only, bool):
-            raise InvalidRequest("'ready' must be a boolean")
+    ready_only = decode_json_object(await request.read()).get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise InvalidRequest("'ready' must be a boolean")
     return _json(_dataplane(request).repository_index(ready_only))
 
 
@@ -134,14 +130,7 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 
 async def _repository_parameters(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
-    if not body.strip():
-        return {}
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    parameters = document.get("parameters", {}) if isinstance(document, dict) else None
+    parameters = decode_json_object(await request.read()).get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidRequest("'parameters' must be an object")
     return parameters
