@@ -29,7 +29,7 @@ from agent.inference import InferenceRequest
 from agent.runtimes.base import Backend, BackendDescription, Candidate
 from agent.selection import AcceleratorSelector, SelectionReport, SelectionRequest
 from agent.stats import ModelStatistics
-from agent.tensors import BINARY_ONLY
+from agent.tensors import BINARY_ONLY, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class ServedModel:
         self._executor = executor
         self._chain: BackendChain | None = None
         self._batcher: DynamicBatcher | None = None
+        self._inputs: dict[str, TensorSpec] = {}
+        self._outputs: dict[str, TensorSpec] = {}
         self.loaded_at: float | None = None
 
     @property
@@ -208,7 +210,9 @@ class ServedModel:
 
     def _adopt(self, backend: Backend) -> None:
         """Describe the model by the backend that now serves it."""
-        self.description = backend.describe()
+        self.description = description = backend.describe()
+        self._inputs = {spec.name: spec for spec in description.inputs}
+        self._outputs = {spec.name: spec for spec in description.outputs}
         self.stats.backend = f"{backend.candidate.runtime}/{backend.candidate.device}"
 
     async def unload(self) -> None:
@@ -240,8 +244,7 @@ class ServedModel:
         ]
 
     def _select_outputs(self, request: InferenceRequest) -> list[tuple[str, bool, int]]:
-        assert self.description is not None
-        known = {spec.name: spec for spec in self.description.outputs}
+        known = self._outputs
         if request.outputs is None:
             wanted = [(name, request.binary_output, 0) for name in known]
         else:
@@ -262,14 +265,13 @@ class ServedModel:
         return wanted
 
     def _validate_inputs(self, request: InferenceRequest) -> None:
-        assert self.description is not None
         batchable = self.batching.max_batch_size > 0
-        expected = {spec.name: spec for spec in self.description.inputs}
+        expected = self._inputs
         for name in request.inputs:
             if name not in expected:
                 raise InvalidRequest(f"unexpected input '{name}' for model '{self.name}'")
         batch: int | None = None
-        for spec in self.description.inputs:
+        for spec in expected.values():
             if spec.name not in request.inputs:
                 raise InvalidRequest(f"input '{spec.name}' is missing")
             datatype = request.datatypes[spec.name]

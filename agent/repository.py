@@ -34,6 +34,8 @@ class ModelRepository:
         if spec.version in versions:
             raise ValueError(f"model '{spec.name}' version {spec.version} is already registered")
         model = versions[spec.version] = ServedModel(spec, self._executor)
+        # Keep versions sorted once here, not on every request.
+        self._models[spec.name] = dict(sorted(versions.items()))
         return model
 
     async def load_all(self) -> None:
@@ -63,8 +65,7 @@ class ModelRepository:
     def all(self) -> Iterable[ServedModel]:
         """Every registered model version, by name then version."""
         for name in sorted(self._models):
-            for version in sorted(self._models[name]):
-                yield self._models[name][version]
+            yield from self._models[name].values()
 
     def names(self) -> list[str]:
         """Names of the registered models."""
@@ -75,18 +76,22 @@ class ModelRepository:
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"unknown model '{name}'")
-        return [versions[v] for v in sorted(versions)]
+        return list(versions.values())
 
     def resolve(self, name: str, version: int | None) -> ServedModel:
         """Return the version asked for, or the highest ready version when none is given."""
-        versions = self.versions(name)
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model '{name}'")
         if version is not None:
-            for model in versions:
-                if model.version == version:
-                    return model
-            raise ModelNotFound(f"model '{name}' has no version {version}")
-        ready = [m for m in versions if m.state is ModelState.READY]
-        return ready[-1] if ready else versions[-1]
+            model = versions.get(version)
+            if model is None:
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+            return model
+        for model in reversed(versions.values()):
+            if model.state is ModelState.READY:
+                return model
+        return next(reversed(versions.values()))
 
     def require_ready(self, name: str, version: int | None) -> ServedModel:
         """Like `resolve`, but raise ModelNotReady unless the model can serve."""

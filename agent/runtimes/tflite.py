@@ -26,7 +26,7 @@ INTERPRETER_MODULES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
 )
-_SHAPES_PER_THREAD = 4
+_SHAPES_PER_THREAD = 8  # batch sizes are padded to powers of two: 1, 2, 4, ..., 128
 
 Shapes = tuple[tuple[int, ...], ...]
 
@@ -138,12 +138,19 @@ class TfliteBackend(Backend):
             raise BackendError(f"{self.candidate.key} is not loaded")
         try:
             feed = [(index, inputs[name]) for name, index in self._inputs]
+            rows = int(feed[0][1].shape[0]) if feed and feed[0][1].ndim else 0
+            padded = _bucket(rows) if self._description and self._description.batchable else rows
+            if padded != rows:
+                feed = [(index, _pad_rows(array, padded)) for index, array in feed]
             interpreter = self._interpreter_for(tuple([array.shape for _, array in feed]))
             for index, array in feed:
                 interpreter.set_tensor(index, array)
             interpreter.invoke()
             # get_tensor returns a copy, so the next invoke cannot overwrite a result.
-            return {name: interpreter.get_tensor(index) for name, index in self._outputs}
+            outputs = {name: interpreter.get_tensor(index) for name, index in self._outputs}
+            if padded != rows:
+                outputs = {name: value[:rows] for name, value in outputs.items()}
+            return outputs
         except Exception as exc:
             raise BackendError(f"tflite failed running {self.candidate.key}: {exc!r}") from exc
 
@@ -157,3 +164,18 @@ class TfliteBackend(Backend):
         """Drop the model bytes and every thread's interpreters."""
         self._content = None
         self._local = threading.local()
+
+
+def _bucket(rows: int) -> int:
+    """Round a batch up to a power of two, so a thread needs few interpreters (one per size).
+
+    Dynamic batches take every size from 1 to the maximum; an interpreter per size would be
+    rebuilt constantly (and XNNPACK packs the weights again for each), so rows are padded.
+    """
+    return 1 << (rows - 1).bit_length() if rows > 1 else rows
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """Append zero rows up to `rows` (their outputs are dropped)."""
+    padding = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, padding])

@@ -212,18 +212,20 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 async def _respond(request: web.Request, encoded: EncodedResponse, min_size: int) -> web.Response:
-    headers = {}
-    content_type = "application/json"
-    if encoded.json_length is not None:
-        headers["Inference-Header-Content-Length"] = str(encoded.json_length)
-        content_type = "application/octet-stream"
+    if encoded.json_length is None:
+        headers = {"Content-Type": "application/json"}
+    else:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(encoded.json_length),
+        }
     body = encoded.body
     coding = _accepted_encoding(request.headers.get("Accept-Encoding", ""))
     if coding is not None and len(body) >= min_size:
         compress = _gzip if coding == "gzip" else zlib.compress
         body = await _offload(compress, body) if len(body) > OFFLOAD_BYTES else compress(body)
         headers["Content-Encoding"] = coding
-    return web.Response(body=body, headers=headers, content_type=content_type)
+    return web.Response(body=body, headers=headers)
 
 
 def _gzip(data: bytes) -> bytes:
@@ -260,6 +262,9 @@ def add_routes(app: web.Application) -> None:
     """Register every route; `/v2/models/stats` before `/v2/models/{model}` (Triton does too)."""
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
+    # The router tries routes in order: the hot one goes first.
+    app.router.add_post(model + "/infer", infer)
+    app.router.add_post(versioned + "/infer", infer)
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
@@ -269,7 +274,6 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(base + "/ready", model_ready)
         app.router.add_get(base + "/config", model_config)
         app.router.add_get(base + "/stats", model_stats)
-        app.router.add_post(base + "/infer", infer)
     app.router.add_post("/v2/repository/index", repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", repository_unload)

@@ -158,3 +158,13 @@ def test_unloaded_backend_refuses_calls(model_path: Path) -> None:
     backend.unload()
     with pytest.raises(BackendError):
         backend.infer({"x": _batch(1, 0)})
+
+
+def test_batches_are_padded_to_powers_of_two(backend: TfliteBackend) -> None:
+    for rows in (3, 5, 6, 7, 8):
+        x = _batch(rows, seed=rows)
+        outputs = backend.infer({"x": x})
+        assert outputs["y"].shape == (rows, 3)
+        _check(x, outputs)
+    shapes = {shape[0][0] for shape in backend._local.cache}
+    assert shapes <= {1, 4, 8}, "sizes 3..8 must share the interpreters for 4 and 8 rows"
