@@ -1,0 +1,164 @@
+"""Result rows, the Markdown table they print as, and the writer of a section in the docs file."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
+
+import psutil
+
+from bench.wrk import WrkResult, wrk_version
+
+HEADERS = (
+    "figure",
+    "value",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "rows/batch",
+    "baseline",
+    "ratio",
+    "target",
+    "",
+)
+
+INTRO = """# Benchmarks
+
+Each section below is written by a script that measures its baselines in the same run and
+prints ratios against them. The numbers come from a shared machine and are noisy: compare the
+ratios, and rerun before drawing conclusions from a small difference.
+
+To reproduce, from the repository root (`make bench` will run these later):
+
+    .venv/bin/python -m bench.serving            # 2-3 minutes on 2 vCPUs; --quick: 1 minute
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    figure: str
+    value: str
+    p50: str = ""
+    p99: str = ""
+    errors: str = ""
+    batch: str = ""  # mean rows per executed batch, from the agent's statistics
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+    def cells(self) -> list[str]:
+        """The row's cells in `HEADERS` order."""
+        return [str(cell) for cell in astuple(self)]
+
+
+def verdict(met: bool, errors: int = 0) -> str:
+    """`met` / `MISSED`; a run with failed requests never meets its target."""
+    if errors:
+        return "INVALID: errors"
+    return "met" if met else "MISSED"
+
+
+def load_row(figure: str, result: WrkResult) -> Row:
+    """A wrk result without a baseline: req/s, or rows/s for multi-row requests."""
+    batch = result.rows_per_batch
+    multi_row = result.rows_per_request > 1
+    return Row(
+        figure,
+        f"{result.rows_rate:,.0f} rows/s" if multi_row else f"{result.rate:,.0f} req/s",
+        f"{result.p50_ms:.2f}",
+        f"{result.p99_ms:.2f}",
+        str(result.errors) if result.errors == 0 else f"**{result.errors} FAILED**",
+        "" if batch is None else f"{batch:.1f}",
+    )
+
+
+def compare_row(
+    figure: str, result: WrkResult, baseline: str, base: float, minimum: float | None = None
+) -> Row:
+    """A wrk result's rows/s (= req/s for one-row requests) against a baseline and target."""
+    ratio = result.rows_rate / base
+    return replace(
+        load_row(figure, result),
+        baseline=f"{baseline} {base:,.0f}",
+        ratio=f"{ratio:.2f}x",
+        target="" if minimum is None else f">= {minimum:g}x",
+        verdict="" if minimum is None else verdict(ratio >= minimum, result.errors),
+    )
+
+
+def ceiling_row(
+    figure: str, value: float, baseline: str, base: float, limit: float, unit: str, digits: int
+) -> Row:
+    """A figure that must stay at or under `limit`, with its ratio to a baseline."""
+    return Row(
+        figure,
+        f"{value:.{digits}f} {unit}",
+        baseline=f"{baseline} {base:.{digits}f} {unit}",
+        ratio=f"{value / base:.2f}x",
+        target=f"<= {limit:g} {unit}",
+        verdict=verdict(value <= limit),
+    )
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """An aligned Markdown table (readable in a terminal too)."""
+    cells = [list(HEADERS), *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The comments around a generated section, e.g. `<!-- bench:serving:start -->`."""
+    return f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
+
+
+def write_section(path: Path, section: str, generated: str) -> None:
+    """Replace the text between the section's markers in `path`, or append it; keep the rest."""
+    start_mark, end_mark = markers(section)
+    text = path.read_text() if path.exists() else INTRO
+    start, end = text.find(start_mark), text.find(end_mark)
+    if start != -1 and end > start:
+        text = text[:start] + generated + text[end + len(end_mark) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + generated + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def machine() -> str:
+    """CPU model, logical CPUs, memory, kernel and Python of this machine."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {memory:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def versions(wrk: str) -> str:
+    """Versions of the packages and tools measured."""
+    names = ("aiohttp", "onnxruntime", "openvino", "ai-edge-litert")
+    found = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    found.append(wrk_version(wrk))
+    return ", ".join(found)
