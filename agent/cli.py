@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.errors import AgentError
 from agent.table import format_rows
+from shared.errors import EdgeFleetError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--cpu-affinity", metavar="CPUS", help="pin the agent to CPUs, e.g. 0,1")
     serve.set_defaults(func=_serve)
 
+    run = commands.add_parser(
+        "run",
+        help="production mode: serve the signed bundles that the device's assignment names",
+        description=(
+            "Production mode. Follow the signed assignment (a control-plane URL or a file), "
+            "download, verify and activate the bundles it names, and serve only those. Settings "
+            "come from --config (TOML), EDGEFLEET_AGENT_* variables and these flags."
+        ),
+        epilog=(
+            "example: edgefleet agent run --config /etc/edgefleet/agent.toml  "
+            "(see docs/agent.md, section 'Production mode')"
+        ),
+    )
+    run.add_argument("--config", type=Path, help="settings file (TOML)")
+    run.add_argument("--state-dir", type=Path, help="store, state file and event log")
+    run.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to bind (default 8000)")
+    run.add_argument("--assignment", help="assignment URL (https://...) or file path")
+    run.add_argument("--device-id", help="this device's id (default: the host name)")
+    run.add_argument("--root-key", help="the pinned root public key (root.pub)")
+    run.add_argument("--keylist", help="the signed key list (keylist.json)")
+    run.set_defaults(func=_run)
+
     probe = commands.add_parser(
         "probe",
         help="show this device's hardware and runtimes, or measure a model's backends",
@@ -154,6 +178,33 @@ def _serve(args: argparse.Namespace) -> int:
             raise SystemExit("nothing to serve: give --model NAME=PATH or a [models] section")
         agent = build_agent(settings)
     except AgentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    asyncio.run(serve(agent))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.config import load_settings
+    from agent.runner import build_production_agent
+    from agent.server.app import serve
+
+    overrides = {
+        "server": {"host": args.host, "port": args.port},
+        "bundles": {
+            "assignment": args.assignment,
+            "device_id": args.device_id,
+            "root_key": args.root_key,
+            "keylist": args.keylist,
+        },
+    }
+    env = dict(os.environ)
+    if args.state_dir is not None:
+        env["EDGEFLEET_AGENT_STATE_DIR"] = str(args.state_dir)
+    try:
+        settings = load_settings(args.config, env, overrides)
+        agent = build_production_agent(settings)
+    except (AgentError, EdgeFleetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     asyncio.run(serve(agent))

@@ -12,12 +12,16 @@ environment. The file layout:
     [batching]   max_batch_size, max_queue_delay_us, max_queue_size, instances,
                  default_timeout_us
     [selection]  budget_s, policy
+    [bundles]    assignment, device_id, root_key, keylist, poll_interval_s, keep_versions,
+                 max_attempts, probation_duration_s, probation_requests,
+                 probation_max_error_rate, probation_max_latency_ratio, probation_min_requests
     [models.NAME]  paths (list), version, policy, pin, and any [batching] key
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -72,6 +76,25 @@ class SelectionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BundleSettings:
+    """Production mode (`edgefleet agent run`): where assignments come from, what to trust."""
+
+    assignment: str = ""  # https:// URL of the control plane, or a local file path
+    device_id: str = field(default_factory=socket.gethostname)
+    root_key: str = ""  # the pinned root public key (root.pub from `edgefleet keys init`)
+    keylist: str = ""  # the signed key list (keylist.json)
+    poll_interval_s: float = 30.0
+    keep_versions: int = 3
+    max_attempts: int = 3
+    probation_duration_s: float = 60.0
+    probation_requests: int = 0
+    probation_max_error_rate: float = 0.05
+    probation_max_latency_ratio: float = 2.0
+    probation_min_requests: int = 20
+    test_pause_at: str = ""  # tests only: freeze at a named point of the bundle path
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     """Everything the agent process needs to know, resolved once."""
 
@@ -80,6 +103,7 @@ class AgentSettings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
+    bundles: BundleSettings = field(default_factory=BundleSettings)
     models: tuple[ModelSpec, ...] = ()
 
     def runtime_options(self) -> RuntimeOptions:
@@ -105,6 +129,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "runtime": RuntimeSettings,
     "batching": BatchingConfig,
     "selection": SelectionSettings,
+    "bundles": BundleSettings,
 }
 
 

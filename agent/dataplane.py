@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,8 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, server_name: str = "edgefleet") -> None:
         self.repository = repository
         self.server_name = server_name
+        # Production mode replaces this: ready means the *assigned* models serve.
+        self.readiness: Callable[[], bool] = lambda: repository.ready
 
     def server_metadata(self) -> dict[str, Any]:
         """`GET /v2`."""
@@ -51,7 +54,7 @@ class DataPlane:
 
     def ready(self) -> bool:
         """Server readiness: every model this agent must serve is loaded."""
-        return self.repository.ready
+        return self.readiness()
 
     def model_ready(self, name: str, version: int | None) -> bool:
         """Model readiness; unknown models raise ModelNotFound."""

@@ -12,7 +12,10 @@
         ├── Unsupported               a protocol feature the agent does not implement  -> 501
         ├── RuntimeUnavailable        a runtime package is not installed (not an HTTP error)
         ├── ModelLoadError            a runtime could not load a model file
-        └── BackendError              a runtime failed while running a model           -> 500
+        ├── BackendError              a runtime failed while running a model           -> 500
+        └── BundleError               a bundle could not be installed (never an HTTP error)
+            ├── DownloadFailed        fetching failed, or the bytes did not match the assignment
+            └── ActivationFailed      loading, golden vectors or warm-up failed
 
 HTTP status codes are assigned in exactly one place, `agent.server.middleware`.
 Runtime adapters translate vendor exceptions (onnxruntime, OpenVINO, LiteRT) into
@@ -72,3 +75,15 @@ class ModelLoadError(AgentError):
 
 class BackendError(AgentError):
     """A runtime raised while running a model."""
+
+
+class BundleError(AgentError):
+    """A bundle could not be fetched, verified or activated; the previous version keeps serving."""
+
+
+class DownloadFailed(BundleError):
+    """A bundle download failed (after retries) or its bytes did not match the assignment."""
+
+
+class ActivationFailed(BundleError):
+    """A verified bundle failed to load, to match its golden vectors, or to warm up."""

@@ -227,6 +227,13 @@ class ServedModel:
         self._batcher = self._chain = None
         self._transition(ModelState.UNAVAILABLE, "unloaded")
 
+    async def run_direct(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run inputs on the backend, bypassing the queue (golden vectors and warm-up)."""
+        if self._chain is None:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is not loaded")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._chain.infer, inputs)
+
     async def infer(self, request: InferenceRequest) -> list[tuple[str, np.ndarray, bool]]:
         """Validate a request, run it through the batcher, and pick the requested outputs."""
         if self.state is not ModelState.READY or self._batcher is None:

@@ -26,6 +26,8 @@ class ModelRepository:
         self.selector = selector
         self._executor = executor
         self._models: dict[str, dict[int, ServedModel]] = {}
+        # Which version answers requests that name none; absent = the highest ready version.
+        self._serving: dict[str, int] = {}
         self._loading: set[asyncio.Task[None]] = set()
 
     def add(self, spec: ModelSpec) -> ServedModel:
@@ -78,6 +80,10 @@ class ModelRepository:
             raise ModelNotFound(f"unknown model '{name}'")
         return list(versions.values())
 
+    def versions_or_none(self, name: str) -> list[ServedModel]:
+        """Every registered version of a model, lowest first (empty if none)."""
+        return list(self._models.get(name, {}).values())
+
     def resolve(self, name: str, version: int | None) -> ServedModel:
         """Return the version asked for, or the highest ready version when none is given."""
         versions = self._models.get(name)
@@ -88,10 +94,42 @@ class ModelRepository:
             if model is None:
                 raise ModelNotFound(f"model '{name}' has no version {version}")
             return model
+        serving = versions.get(self._serving.get(name, -1))
+        if serving is not None and serving.state is ModelState.READY:
+            return serving
         for model in reversed(versions.values()):
             if model.state is ModelState.READY:
                 return model
         return next(reversed(versions.values()))
+
+    def find(self, name: str, version: int) -> ServedModel | None:
+        """The registered model version, or None."""
+        return self._models.get(name, {}).get(version)
+
+    def serve(self, name: str, version: int) -> ServedModel | None:
+        """Send requests without a version to `version` from now on; return the one replaced.
+
+        A single dictionary assignment on the event loop: requests already queued finish on the
+        old version, every later one goes to the new.
+        """
+        model = self.find(name, version)
+        if model is None or model.state is not ModelState.READY:
+            raise ModelNotReady(f"model '{name}' version {version} cannot serve: not ready")
+        previous = self.resolve(name, None)
+        self._serving[name] = version
+        return previous if previous is not model and previous.state is ModelState.READY else None
+
+    async def remove(self, name: str, version: int) -> None:
+        """Unload a version and forget it."""
+        model = self.find(name, version)
+        if model is None:
+            return
+        await model.unload()
+        del self._models[name][version]
+        if not self._models[name]:
+            del self._models[name]
+        if self._serving.get(name) == version:
+            del self._serving[name]
 
     def require_ready(self, name: str, version: int | None) -> ServedModel:
         """Like `resolve`, but raise ModelNotReady unless the model can serve."""

@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from agent.errors import AgentError, ModelLoadError
 from agent.runtimes.base import Backend, BackendDescription, Candidate, RuntimeOptions
 from agent.runtimes.registry import RuntimeRegistry
 from agent.tensors import OIP_TO_NUMPY
+from shared.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +122,9 @@ class SelectionCache:
 
     def _write(self, entries: dict[str, Any]) -> None:
         """Replace the file atomically, so a crash leaves the old or the new cache, never half."""
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".selection-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(entries, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(entries, indent=1).encode())
 
     def _read(self) -> dict[str, Any]:
         if self.path is None or not self.path.exists():

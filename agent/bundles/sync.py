@@ -1,0 +1,191 @@
+"""Following the device's assignment: fetch it, verify it, and bring every model to it.
+
+The assignment comes from a URL (the control plane; polled with jitter and `If-None-Match`) or
+a file (air-gapped devices, tests). Each new document must pass `shared.assignment`'s checks
+(signature by the assignment key, this device, a serial above the last accepted one, not
+expired); the accepted document is kept in the agent's state, so the same document fetched
+again after a restart is recognised rather than refused as a replay. Every poll reconciles the
+models with the last accepted assignment, so a download that failed is retried.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+from shared.assignment import Assignment, verify_assignment
+from shared.keylist import TrustStore
+
+from agent.bundles.activation import BundleActivator, StateKeeper
+from shared.errors import EdgeFleetError
+
+log = logging.getLogger(__name__)
+
+
+class AssignmentSource(abc.ABC):
+    """Where the signed assignment document comes from."""
+
+    @abc.abstractmethod
+    async def fetch(self) -> bytes | None:
+        """The document if it may have changed since the last fetch, else None."""
+
+    @staticmethod
+    def for_location(
+        location: str, session: aiohttp.ClientSession, executor: Executor
+    ) -> AssignmentSource:
+        """A URL source for http(s) locations, a file source for anything else."""
+        if location.startswith(("http://", "https://")):
+            return HttpAssignmentSource(location, session)
+        return FileAssignmentSource(Path(location), executor)
+
+
+class FileAssignmentSource(AssignmentSource):
+    """A document in a local file, re-read at each poll."""
+
+    def __init__(self, path: Path, executor: Executor) -> None:
+        self.path = path
+        self._executor = executor
+        self._last: bytes | None = None
+
+    async def fetch(self) -> bytes | None:
+        """The file's content when it changed; None when unchanged or absent."""
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(self._executor, self.path.read_bytes)
+        except FileNotFoundError:
+            return None
+        digest = hashlib.sha256(data).digest()
+        if digest == self._last:
+            return None
+        self._last = digest
+        return data
+
+
+class HttpAssignmentSource(AssignmentSource):
+    """A document at a URL, fetched with `If-None-Match` so an unchanged one costs a 304."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self._session = session
+        self._etag: str | None = None
+
+    async def fetch(self) -> bytes | None:
+        """The document on 200; None on 304 (unchanged)."""
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with self._session.get(self.url, headers=headers, timeout=timeout) as response:
+            if response.status == 304:
+                return None
+            response.raise_for_status()
+            data = await response.read()
+            self._etag = response.headers.get("ETag")
+            return data
+
+
+class AssignmentSync:
+    """Polls the assignment source and drives the activator."""
+
+    def __init__(
+        self,
+        *,
+        source: AssignmentSource,
+        activator: BundleActivator,
+        keeper: StateKeeper,
+        trust: Callable[[], TrustStore],
+        device_id: str,
+        interval_s: float,
+    ) -> None:
+        self.source = source
+        self.activator = activator
+        self.keeper = keeper
+        self.trust = trust
+        self.device_id = device_id
+        self.interval_s = interval_s
+        self.assignment: Assignment | None = None
+        self._wake = asyncio.Event()
+        self._healthy = True
+
+    def trigger(self) -> None:
+        """Poll now instead of at the next interval (an MQTT `sync` command)."""
+        self._wake.set()
+
+    async def load_accepted(self) -> None:
+        """Re-read the document accepted before a restart (it was verified then)."""
+        data = self.keeper.state.assignment_document.encode()
+        if not data:
+            return
+        try:
+            # Verified again, but against the serial before it: a restart is not a replay.
+            serial = self.keeper.state.assignment_serial
+            self.assignment = verify_assignment(
+                data,
+                self.trust(),
+                device_id=self.device_id,
+                last_serial=serial - 1,
+                now=time.time(),
+            )
+        except EdgeFleetError as error:
+            log.error("the stored assignment no longer verifies (%s); waiting for a new one", error)
+
+    async def run(self) -> None:
+        """Poll forever, with jitter, logging only when the outcome changes."""
+        while True:
+            await self.sync_once()
+            self._wake.clear()
+            delay = self.interval_s * random.uniform(0.8, 1.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def sync_once(self) -> None:
+        """Fetch, verify and apply the assignment once; errors are logged, never raised."""
+        try:
+            document = await self.source.fetch()
+            if document is not None:
+                await self._accept(document)
+            if self.assignment is not None:
+                for model in self.assignment.models:
+                    await self.activator.activate(model)
+            if not self._healthy:
+                log.info("assignment sync works again")
+            self._healthy = True
+        except (EdgeFleetError, aiohttp.ClientError, TimeoutError, OSError) as error:
+            level = logging.ERROR if self._healthy else logging.DEBUG
+            log.log(
+                level,
+                "assignment sync failed: %s; serving what is installed and retrying "
+                "in about %.0f s",
+                error,
+                self.interval_s,
+            )
+            self._healthy = False
+
+    async def _accept(self, document: bytes) -> None:
+        if document == self.keeper.state.assignment_document.encode():
+            return
+        assignment = verify_assignment(
+            document,
+            self.trust(),
+            device_id=self.device_id,
+            last_serial=self.keeper.state.assignment_serial,
+            now=time.time(),
+        )
+        text = document.decode()
+        await self.keeper.update(
+            lambda state: replace(
+                state, assignment_serial=assignment.serial, assignment_document=text
+            )
+        )
+        log.info(
+            "accepted assignment serial %d (%d model(s))", assignment.serial, len(assignment.models)
+        )
+        self.assignment = assignment

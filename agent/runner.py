@@ -1,0 +1,162 @@
+"""`edgefleet agent run`: serve only verified bundles, following the signed assignment.
+
+Wires the bundle path onto the serving agent: the trust store (pinned root key and signed key
+list), the durable state, the content-addressed store, the downloader, the activator and the
+assignment sync. The HTTP server is live at once; recovery (serving the last committed versions)
+and the sync loop run in the background, and readiness waits for the assigned models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from agent.bundles.activation import ActivationSettings, BundleActivator, StateKeeper
+from agent.bundles.download import BundleDownloader
+from agent.bundles.lifecycle import EventLog
+from agent.bundles.pause import PausePoints
+from agent.bundles.probation import ProbationPolicy
+from agent.bundles.recovery import recover
+from agent.bundles.state import StateFile
+from agent.bundles.store import BundleStore
+from agent.bundles.sync import AssignmentSource, AssignmentSync
+from agent.config import AgentSettings, SettingsError
+from agent.model import ModelState
+from agent.runtimes.registry import RuntimeRegistry
+from agent.server.app import Agent, build_agent
+from shared.keylist import TrustStore
+from shared.keys import load_public
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass
+class BundleServices:
+    """The running bundle path, for tests and for the MQTT reporter to come."""
+
+    activator: BundleActivator
+    sync: AssignmentSync
+    keeper: StateKeeper
+    recovered: asyncio.Event
+
+
+def load_trust(settings: AgentSettings) -> TrustStore:
+    """The trust store from the pinned root key and the signed key list (blocking)."""
+    bundles = settings.bundles
+    if not bundles.root_key or not bundles.keylist:
+        raise SettingsError(
+            "agent run needs bundles.root_key (root.pub) and bundles.keylist (keylist.json) "
+            "from `edgefleet keys init`"
+        )
+    root = load_public(Path(bundles.root_key).expanduser())
+    return TrustStore.bootstrap(root, Path(bundles.keylist).expanduser().read_bytes())
+
+
+def build_production_agent(
+    settings: AgentSettings,
+    registry: RuntimeRegistry | None = None,
+    on_services: Callable[[BundleServices], None] | None = None,
+) -> Agent:
+    """An agent that serves what its signed assignment names, and nothing else."""
+    if not settings.bundles.assignment:
+        raise SettingsError("agent run needs bundles.assignment (a URL or a file path)")
+    if settings.models:
+        raise SettingsError(
+            "agent run serves signed bundles only; local [models] are for `agent serve`"
+        )
+    trust = load_trust(settings)
+    agent = build_agent(settings, registry)
+    agent.app.cleanup_ctx.append(_bundle_path(agent, trust, on_services))
+    return agent
+
+
+def _bundle_path(
+    agent: Agent, trust: TrustStore, on_services: Callable[[BundleServices], None] | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    settings = agent.settings
+    bundles = settings.bundles
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        state_dir = settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_file = StateFile(state_dir)
+        keeper = StateKeeper(
+            state_file, await loop.run_in_executor(None, state_file.load), agent.executor
+        )
+        async with aiohttp.ClientSession() as session:
+            downloader = BundleDownloader(
+                BundleStore(state_dir / "bundles"), session, agent.executor
+            )
+            activator = BundleActivator(
+                repository=agent.repository,
+                downloader=downloader,
+                trust=lambda: trust,
+                keeper=keeper,
+                events=EventLog(state_dir / EVENTS_FILE),
+                executor=agent.executor,
+                settings=_activation_settings(settings),
+                pauses=PausePoints(state_dir, bundles.test_pause_at),
+            )
+            sync = AssignmentSync(
+                source=AssignmentSource.for_location(bundles.assignment, session, agent.executor),
+                activator=activator,
+                keeper=keeper,
+                trust=lambda: trust,
+                device_id=bundles.device_id,
+                interval_s=bundles.poll_interval_s,
+            )
+            services = BundleServices(activator, sync, keeper, asyncio.Event())
+            agent.dataplane.readiness = lambda: _ready(agent, services)
+            if on_services is not None:
+                on_services(services)
+            task = loop.create_task(_run(services), name="edgefleet-bundles")
+            yield
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return lifecycle
+
+
+async def _run(services: BundleServices) -> None:
+    await recover(services.activator)
+    await services.sync.load_accepted()
+    services.recovered.set()
+    await services.sync.run()
+
+
+def _ready(agent: Agent, services: BundleServices) -> bool:
+    """Ready once recovered and every assigned model has a version serving."""
+    assignment = services.sync.assignment
+    if not services.recovered.is_set() or assignment is None:
+        return False
+    for model in assignment.models:
+        versions = agent.repository.versions_or_none(model.name)
+        if not any(v.state is ModelState.READY for v in versions):
+            return False
+    return True
+
+
+def _activation_settings(settings: AgentSettings) -> ActivationSettings:
+    bundles = settings.bundles
+    return ActivationSettings(
+        keep_versions=bundles.keep_versions,
+        max_attempts=bundles.max_attempts,
+        probation=ProbationPolicy(
+            duration_s=bundles.probation_duration_s,
+            requests=bundles.probation_requests,
+            max_error_rate=bundles.probation_max_error_rate,
+            max_latency_ratio=bundles.probation_max_latency_ratio,
+            min_requests=bundles.probation_min_requests,
+        ),
+        batching=settings.batching,
+        selection_budget_s=settings.selection.budget_s,
+    )
