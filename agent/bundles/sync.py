@@ -23,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-from shared.assignment import Assignment, verify_assignment
-from shared.keylist import TrustStore
 
 from agent.bundles.activation import BundleActivator, StateKeeper
+from shared.assignment import Assignment, verify_assignment
 from shared.errors import EdgeFleetError
+from shared.keylist import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ class AssignmentSync:
         self.assignment: Assignment | None = None
         self._wake = asyncio.Event()
         self._healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last sync failed (unreachable source, or a document refused)."""
+        return self._healthy
 
     def trigger(self) -> None:
         """Poll now instead of at the next interval (an MQTT `sync` command)."""

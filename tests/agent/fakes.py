@@ -1,8 +1,8 @@
 """A fake runtime whose behaviour each test controls: slow, broken at load, broken at run.
 
 Model files have the suffix `.fake` and hold JSON such as `{"latency_ms": 2, "fail_load": false,
-"fail_infer": false, "fail_after": 10, "scale": 2}`. Every fake model takes `x` FP32 [N, 4] and
-returns `y = x * scale`.
+"fail_infer": false, "fail_after": 10, "fail_on": 4.0, "scale": 2}`. Every fake model takes `x`
+FP32 [N, 4] and returns `y = x * scale`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,12 @@ class FakeBackend(Backend):
         self.runtime.calls.append((self.candidate.key, int(inputs["x"].shape[0])))
         self.runs += 1
         fail_after = self.behaviour.get("fail_after")
-        if self.behaviour.get("fail_infer") or (fail_after is not None and self.runs > fail_after):
+        fail_on = self.behaviour.get("fail_on")  # fail only on inputs holding this value
+        if (
+            self.behaviour.get("fail_infer")
+            or (fail_after is not None and self.runs > fail_after)
+            or (fail_on is not None and bool(np.any(inputs["x"] == fail_on)))
+        ):
             raise BackendError(f"fake failed running {self.candidate.key}")
         latency = float(self.behaviour.get("latency_ms", 0)) / 1000
         if latency:

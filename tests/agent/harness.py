@@ -11,11 +11,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
 from agent.config import AgentSettings
+from agent.runner import BundleServices, build_production_agent
 from agent.runtimes.registry import RuntimeRegistry
 from agent.server.app import Agent, build_agent, serve
 
@@ -23,10 +24,17 @@ from agent.server.app import Agent, build_agent, serve
 class AgentThread:
     """A live agent on 127.0.0.1 and a free port, stopped with `stop()`."""
 
-    def __init__(self, settings: AgentSettings, registry: RuntimeRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        registry: RuntimeRegistry | None = None,
+        production: bool = False,
+    ) -> None:
         self.settings = replace(settings, server=replace(settings.server, host="127.0.0.1", port=0))
         self.registry = registry
+        self.production = production  # `agent run` (signed bundles) instead of `agent serve`
         self.agent: Agent | None = None
+        self.services: BundleServices | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -49,13 +57,26 @@ class AgentThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.agent = build_agent(self.settings, self.registry)
+        if self.production:
+            self.agent = build_production_agent(
+                self.settings, self.registry, on_services=self._keep_services
+            )
+        else:
+            self.agent = build_agent(self.settings, self.registry)
 
         def started(port: int) -> None:
             self.port = port
             self._started.set()
 
         await serve(self.agent, self._stop, started)
+
+    def _keep_services(self, services: BundleServices) -> None:
+        self.services = services
+
+    def run_soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the agent's event loop (its state is only touched there)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback)
 
     def start(self, wait_ready: bool = True, timeout: float = 120.0) -> AgentThread:
         """Start the server and, by default, wait until every model is loaded."""
