@@ -39,14 +39,40 @@ EXTENSIONS = (
 )
 
 
+class ModelControl:
+    """Explicit load and unload (`/v2/repository/models/{m}/load|unload`) of known models.
+
+    This default serves `agent serve`: it reloads the configured local files. Production mode
+    replaces it with `agent.bundles.control.BundleModelControl`, which loads only verified
+    bundles from the store.
+    """
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    async def load(self, name: str) -> None:
+        """Unload and load every version of the model again (re-measuring the backends)."""
+        for model in self.repository.versions(name):
+            await model.unload()
+            await model.load(self.repository.selector)
+        self.repository.require_ready(name, None)
+
+    async def unload(self, name: str) -> None:
+        """Unload every version of the model."""
+        for model in self.repository.versions(name):
+            await model.unload()
+
+
 class DataPlane:
     """Answers inference-protocol calls against the model repository."""
 
     def __init__(self, repository: ModelRepository, server_name: str = "edgefleet") -> None:
         self.repository = repository
         self.server_name = server_name
-        # Production mode replaces this: ready means the *assigned* models serve.
+        # Production mode replaces these: ready means the *assigned* models serve, and
+        # explicit loads come only from verified bundles.
         self.readiness: Callable[[], bool] = lambda: repository.ready
+        self.control = ModelControl(repository)
 
     def server_metadata(self) -> dict[str, Any]:
         """`GET /v2`."""

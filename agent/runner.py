@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from agent.bundles.activation import ActivationSettings, BundleActivator, StateKeeper
+from agent.bundles.control import BundleModelControl
 from agent.bundles.download import BundleDownloader
 from agent.bundles.lifecycle import EventLog
 from agent.bundles.pause import PausePoints
@@ -116,6 +117,7 @@ def _bundle_path(
             )
             services = BundleServices(activator, sync, keeper, asyncio.Event())
             agent.dataplane.readiness = lambda: _ready(agent, services)
+            agent.dataplane.control = BundleModelControl(activator)
             if on_services is not None:
                 on_services(services)
             task = loop.create_task(_run(services), name="edgefleet-bundles")

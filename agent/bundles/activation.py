@@ -116,6 +116,7 @@ class BundleActivator:
         self.settings = settings
         self.pauses = pauses
         self.last_state: dict[str, S] = {}
+        self.held: set[str] = set()  # models an operator unloaded; the sync leaves them alone
         self.listeners: list[Callable[[Any], None]] = []
         self._lock = asyncio.Lock()  # one activation at a time: they measure and they swap
 
@@ -131,6 +132,8 @@ class BundleActivator:
     async def activate(self, model: ModelAssignment) -> None:
         """Bring `model` to the assigned bundle; the previous version serves until it is proven."""
         async with self._lock:
+            if model.name in self.held:
+                return
             record = self.keeper.state.model(model.name)
             serving = self._serving_version(model.name)
             if record.active and record.active.digest == model.digest and serving == model.version:

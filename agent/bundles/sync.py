@@ -112,6 +112,7 @@ class AssignmentSync:
         self.device_id = device_id
         self.interval_s = interval_s
         self.assignment: Assignment | None = None
+        self.polls = 0  # completed syncs (tests and status reports read it)
         self._wake = asyncio.Event()
         self._healthy = True
 
@@ -153,6 +154,7 @@ class AssignmentSync:
 
     async def sync_once(self) -> None:
         """Fetch, verify and apply the assignment once; errors are logged, never raised."""
+        self.polls += 1
         try:
             document = await self.source.fetch()
             if document is not None:

@@ -112,11 +112,7 @@ async def repository_load(request: web.Request) -> web.Response:
             "uploading model configurations or files is not allowed; models come from the "
             "agent's settings or from signed bundles"
         )
-    repository = _dataplane(request).repository
-    for model in repository.versions(name):
-        await model.unload()
-        await model.load(repository.selector)
-    repository.require_ready(name, None)
+    await _dataplane(request).control.load(name)
     return _json({})
 
 
@@ -124,8 +120,7 @@ async def repository_unload(request: web.Request) -> web.Response:
     """`POST /v2/repository/models/{model}/unload`."""
     name = request.match_info["model"]
     await _repository_parameters(request)
-    for model in _dataplane(request).repository.versions(name):
-        await model.unload()
+    await _dataplane(request).control.unload(name)
     return _json({})
 
 

@@ -278,3 +278,37 @@ def test_bad_assignment_is_refused_and_the_previous_version_serves(
     assert serves(device, 2.0)
     assert services.sync.assignment is not None
     assert services.sync.assignment.serial == 1
+
+
+def test_explicit_unload_and_load_use_only_verified_bundles(fleet: Fleet, device: Device) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    v1 = fleet.fake_bundle("m", 1, scale=2.0)
+    fleet.assign(v1.assigned())
+    installed(device, v1)
+    client = httpclient.InferenceServerClient(device.thread.url)
+    client.unload_model("m")
+    assert not client.is_model_ready("m")
+    services = device.thread.services
+    assert services is not None
+    polls = services.sync.polls
+    until(lambda: services.sync.polls >= polls + 2)  # the assignment must not bring it back
+    assert not client.is_model_ready("m")
+    # A file changed on disk is noticed and extracted again from the verified archive.
+    extracted = device.state_dir / "bundles" / "models" / v1.digest / "model.fake"
+    extracted.write_text('{"scale": 9.0}')
+    client.load_model("m")
+    assert serves(device, 2.0)
+    # A damaged archive in the store is refused with a reason, never served.
+    client.unload_model("m")
+    blob = device.state_dir / "bundles" / "blobs" / f"{v1.digest}.bundle"
+    data = bytearray(blob.read_bytes())
+    data[600] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    extracted.write_text('{"scale": 9.0}')
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("m")
+    assert info.value.status() == "500"
+    assert not client.is_model_ready("m")
+    client.close()
