@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from agent.bundles.activation import BundleActivator, StateKeeper
+from agent.bundles.state import AgentState
 from shared.assignment import Assignment, verify_assignment
 from shared.errors import EdgeFleetError
 from shared.keylist import TrustStore
@@ -187,11 +188,20 @@ class AssignmentSync:
             now=time.time(),
         )
         text = document.decode()
-        await self.keeper.update(
-            lambda state: replace(
-                state, assignment_serial=assignment.serial, assignment_document=text
-            )
-        )
+        named = {model.digest for model in assignment.models}
+
+        def accept(state: AgentState) -> AgentState:
+            # A new assignment naming a bundle that failed before is the operator asking for
+            # another try; give it one (and a fresh attempt count).
+            for name, record in state.models.items():
+                if named & set(record.failed):
+                    state = state.with_model(
+                        name,
+                        replace(record, failed=tuple(d for d in record.failed if d not in named)),
+                    )
+            return replace(state, assignment_serial=assignment.serial, assignment_document=text)
+
+        await self.keeper.update(accept)
         log.info(
             "accepted assignment serial %d (%d model(s))", assignment.serial, len(assignment.models)
         )

@@ -147,12 +147,12 @@ def test_swap_under_load_fails_no_request(fleet: Fleet, device: Device) -> None:
     assert serves(device, 3.0)
 
 
-def send_during_probation(device: Device, bundle: BuiltBundle) -> list[int]:
-    """Keep sending requests until the bundle's probation is decided; return the statuses."""
+def send_during_probation(device: Device, bundle: BuiltBundle, attempt: int = 1) -> list[int]:
+    """Keep sending requests until the bundle's probation number `attempt` is decided."""
     statuses = []
-    until(lambda: "probation" in device.states(bundle.digest))
+    until(lambda: device.states(bundle.digest).count("probation") >= attempt)
     deadline = time.monotonic() + 30
-    while not {"active", "reverted"} & set(device.states(bundle.digest)):
+    while device.states(bundle.digest)[-1] == "probation":
         assert time.monotonic() < deadline
         statuses.append(device.infer()[0])
     return statuses
@@ -174,6 +174,16 @@ def test_probation_reverts_a_version_that_errors(fleet: Fleet, device: Device) -
     state = json.loads((device.state_dir / "state.json").read_text())
     assert state["models"]["m"]["active"]["version"] == 1
     assert v2.digest in state["models"]["m"]["failed"]
+    # Polling the same assignment again does not retry it; a new assignment naming it does.
+    services = device.thread.services
+    assert services is not None
+    polls = services.sync.polls
+    until(lambda: services.sync.polls >= polls + 2)
+    assert device.states(v2.digest).count("downloading") == 1
+    fleet.assign(v2.assigned())
+    send_during_probation(device, v2, attempt=2)
+    assert device.states(v2.digest).count("downloading") == 2
+    assert device.states(v2.digest)[-1] == "reverted"
 
 
 def test_probation_reverts_a_slow_version(fleet: Fleet, tmp_path: Path) -> None:
