@@ -82,7 +82,16 @@ class BundleError(AgentError):
 
 
 class DownloadFailed(BundleError):
-    """A bundle download failed (after retries) or its bytes did not match the assignment."""
+    """A bundle download failed (after retries) or its bytes did not match the assignment.
+
+    `retryable` is True for network trouble (try again at the next sync) and False when the
+    source serves the wrong thing (a 4xx, too many bytes, another digest): retrying would only
+    download the same wrong bytes again.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ActivationFailed(BundleError):

@@ -291,7 +291,9 @@ class BundleActivator:
 
     async def _fail(self, attempt: _Attempt, error: BaseException) -> None:
         model = attempt.model
-        retry = isinstance(error, DownloadFailed | OSError)
+        retry = isinstance(error, OSError) or (
+            isinstance(error, DownloadFailed) and error.retryable
+        )
         found = self.repository.find(model.name, model.version)
         if found is not None and self._serving_version(model.name) != model.version:
             await self.repository.remove(model.name, model.version)

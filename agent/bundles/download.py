@@ -146,7 +146,9 @@ class BundleDownloader:
             except (aiohttp.ClientError, TimeoutError) as error:
                 reason = f"{type(error).__name__}: {error}"
             if attempt == policy.attempts:
-                raise DownloadFailed(f"{url}: giving up after {attempt} attempts ({reason})")
+                raise DownloadFailed(
+                    f"{url}: giving up after {attempt} attempts ({reason})", retryable=True
+                )
             delay = min(policy.max_backoff_s, backoff) * random.uniform(0.5, 1.0)
             log.warning("%s: %s; resuming at byte %d in %.1f s", url, reason, part.size, delay)
             await asyncio.sleep(delay)
@@ -162,7 +164,9 @@ class BundleDownloader:
             elif response.status == 206:
                 start = _range_start(response.headers.get("Content-Range", ""))
                 if start != part.size:
-                    raise DownloadFailed(f"{url}: asked for byte {part.size}, got {start}")
+                    raise DownloadFailed(
+                        f"{url}: asked for byte {part.size}, got {start}", retryable=True
+                    )
             elif response.status == 416:
                 return  # nothing left to send: the size check decides
             elif response.status >= 400:
@@ -187,7 +191,7 @@ class BundleDownloader:
         try:
             handle = source.open("rb")
         except OSError as error:
-            raise DownloadFailed(f"cannot read {source}: {error}") from None
+            raise DownloadFailed(f"cannot read {source}: {error}", retryable=True) from None
         with handle:
             handle.seek(part.size)
             while block := handle.read(CHUNK):
