@@ -31,12 +31,14 @@ from agent.config import AgentSettings, SettingsError
 from agent.model import ModelState
 from agent.runtimes.registry import RuntimeRegistry
 from agent.server.app import Agent, build_agent
-from shared.keylist import TrustStore
+from shared.atomic import write_atomic
+from shared.keylist import SignedKeyList, TrustStore
 from shared.keys import load_public
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
+TRUSTED_KEYLIST = "keylist.json"
 
 
 @dataclass
@@ -50,15 +52,41 @@ class BundleServices:
 
 
 def load_trust(settings: AgentSettings) -> TrustStore:
-    """The trust store from the pinned root key and the signed key list (blocking)."""
+    """The key list to trust: the newest one seen, never an older one (blocking).
+
+    The first start trusts `bundles.keylist` because the pinned root (`bundles.root_key`) signed
+    it, and keeps a copy in the state directory. Later starts trust that copy (it was verified
+    when it was accepted, and it names the current root, so a root rotation does not need a new
+    pinned key), and accept `bundles.keylist` only if it is a newer version signed by the
+    current root: an older list, even one the pinned root signed, is a rollback and is ignored.
+    """
     bundles = settings.bundles
     if not bundles.root_key or not bundles.keylist:
         raise SettingsError(
             "agent run needs bundles.root_key (root.pub) and bundles.keylist (keylist.json) "
             "from `edgefleet keys init`"
         )
-    root = load_public(Path(bundles.root_key).expanduser())
-    return TrustStore.bootstrap(root, Path(bundles.keylist).expanduser().read_bytes())
+    configured = Path(bundles.keylist).expanduser().read_bytes()
+    kept = settings.state_dir / TRUSTED_KEYLIST
+    if kept.is_file():
+        stored = SignedKeyList.parse(kept.read_bytes())
+        trust = TrustStore.bootstrap(stored.key_list.root, kept.read_bytes())
+        offered = SignedKeyList.parse(configured).key_list.version
+        if offered > trust.key_list.version:
+            trust = trust.update(configured)
+        elif offered < trust.key_list.version:
+            log.warning(
+                "ignoring %s: key list version %d is older than the trusted version %d",
+                bundles.keylist,
+                offered,
+                trust.key_list.version,
+            )
+    else:
+        root = load_public(Path(bundles.root_key).expanduser())
+        trust = TrustStore.bootstrap(root, configured)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(kept, trust.to_document())
+    return trust
 
 
 def build_production_agent(

@@ -111,7 +111,9 @@ def _sign(args: argparse.Namespace) -> int:
             models=tuple(models),
         )
         passphrase = passphrase_from_env(args.passphrase_env, os.environ)
-        document = sign_assignment(assignment, keys.load_key("assignment", passphrase))
+        key = keys.load_key("assignment", passphrase)
+        trust.assignment_key(key.public.keyid)  # devices would refuse a key not in the list
+        document = sign_assignment(assignment, key)
     except (TrustError, OSError, argparse.ArgumentTypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

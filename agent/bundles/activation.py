@@ -15,11 +15,13 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.batching import BatchingConfig
+from agent.bundles.compatibility import DeviceProfile, usable_variants
 from agent.bundles.download import BundleDownloader
 from agent.bundles.lifecycle import EventLog, VersionState, make_event
 from agent.bundles.pause import PausePoints
@@ -27,6 +29,7 @@ from agent.bundles.probation import ProbationGate, ProbationPolicy
 from agent.bundles.staging import StagedBundle, stage_bundle
 from agent.bundles.state import Activation, AgentState, InstalledVersion, StateFile
 from agent.errors import ActivationFailed, AgentError, DownloadFailed
+from agent.hardware import CPUINFO, probe_hardware
 from agent.model import ModelSpec, ModelState, ServedModel
 from agent.repository import ModelRepository
 from shared.assignment import ModelAssignment
@@ -119,6 +122,7 @@ class BundleActivator:
         self.held: set[str] = set()  # models an operator unloaded; the sync leaves them alone
         self.listeners: list[Callable[[Any], None]] = []
         self._lock = asyncio.Lock()  # one activation at a time: they measure and they swap
+        self._profile: DeviceProfile | None = None
 
     async def record(self, event: Any) -> None:
         """Append an event to the log and tell listeners (the MQTT reporter, later)."""
@@ -223,11 +227,15 @@ class BundleActivator:
 
     async def _load(self, model: ModelAssignment, staged: StagedBundle) -> ServedModel:
         """Load the staged bundle (or reuse it if resident) and check its golden vectors."""
+        usable = usable_variants(
+            staged.manifest.compatibility, staged.manifest.variants, await self._device()
+        )
+        paths = tuple(staged.directory / variant.file for variant in usable)
         existing = self.repository.find(model.name, model.version)
-        if existing is not None and existing.spec.paths != staged.paths:
+        if existing is not None and existing.spec.paths != paths:
             await self.repository.remove(model.name, model.version)
             existing = None
-        served = existing or self.repository.add(self._spec(model, staged))
+        served = existing or self.repository.add(self._spec(model, staged, paths))
         if served.state is not ModelState.READY:
             await served.load(self.repository.selector)
         if served.state is not ModelState.READY:
@@ -258,7 +266,20 @@ class BundleActivator:
             }
             await served.run_direct(batch)
 
-    def _spec(self, model: ModelAssignment, staged: StagedBundle) -> ModelSpec:
+    async def _device(self) -> DeviceProfile:
+        """This device's runtimes, CPU features and memory (probed once)."""
+        if self._profile is None:
+            registry = self.repository.selector.registry
+            hardware = await self._run(probe_hardware, registry, CPUINFO, False)
+            runtimes = {name: v.rpartition("==")[2] for name, v in registry.versions().items()}
+            self._profile = DeviceProfile(
+                runtimes, frozenset(hardware.cpu_features), hardware.memory_bytes
+            )
+        return self._profile
+
+    def _spec(
+        self, model: ModelAssignment, staged: StagedBundle, paths: tuple[Path, ...]
+    ) -> ModelSpec:
         hints = staged.max_batch_size
         batching = self.settings.batching
         if hints:
@@ -268,7 +289,7 @@ class BundleActivator:
         return ModelSpec(
             name=model.name,
             version=model.version,
-            paths=staged.paths,
+            paths=paths,
             policy=staged.policy,
             pin=self.settings.pins.get(model.name),
             batching=batching,

@@ -30,6 +30,7 @@ from shared.atomic import fsync_directory
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+UNKNOWN_SIZE_CAP = 4 << 30  # the bundle extraction limit: nothing larger could be installed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,13 @@ class BundleDownloader:
         self.policy = policy or DownloadPolicy()
 
     async def fetch(self, url: str, digest: str, size: int) -> Path:
-        """Return the path of the archive with `digest`, downloading it if needed."""
+        """Return the path of the archive with `digest`, downloading it if needed.
+
+        `size` is the exact size the assignment states; 0 means unknown, and then only the
+        digest is checked and the download is capped at `UNKNOWN_SIZE_CAP`.
+        """
+        exact = size > 0
+        size = size if exact else UNKNOWN_SIZE_CAP
         blob = self.store.blob(digest)
         if blob.is_file():
             return blob
@@ -109,14 +116,14 @@ class BundleDownloader:
             if scheme == "file":
                 await self._run(self._copy_file, Path(unquote(urlsplit(url).path)), part, size)
             elif scheme in ("http", "https"):
-                await self._download(url, part, size)
+                await self._download(url, part, size, exact)
             else:
                 raise DownloadFailed(f"unsupported bundle URL scheme in {url!r}")
             await self._run(part.finish)
         except BaseException:
             await self._run(part.handle.close)
             raise
-        if part.size != size:
+        if exact and part.size != size:
             raise DownloadFailed(f"{url}: got {part.size} bytes, the assignment says {size}")
         got = part.hasher.hexdigest()
         if got != digest:
@@ -132,7 +139,7 @@ class BundleDownloader:
     async def _run(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
 
-    async def _download(self, url: str, part: _Part, size: int) -> None:
+    async def _download(self, url: str, part: _Part, size: int, exact: bool) -> None:
         policy = self.policy
         backoff = policy.first_backoff_s
         for attempt in range(1, policy.attempts + 1):
@@ -140,7 +147,9 @@ class BundleDownloader:
                 return
             try:
                 await self._get(url, part, size)
-                if part.size == size:
+                # A response that ends without an error is complete (a cut one raises); with
+                # no size assigned that is all there is to know.
+                if part.size == size or not exact:
                     return
                 reason = f"the connection closed after {part.size} of {size} bytes"
             except (aiohttp.ClientError, TimeoutError) as error:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from shared.assignment import ModelAssignment, check_bundle_matches
-from shared.bundle import Manifest, VerifiedBundle, extract_bundle, verify_bundle
-from shared.keylist import TrustStore
 
 from agent.bundles.store import BundleStore, sha256_file
 from agent.errors import ActivationFailed
+from shared.assignment import ModelAssignment, check_bundle_matches
+from shared.bundle import Manifest, VerifiedBundle, extract_bundle, verify_bundle
+from shared.keylist import TrustStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,6 @@ class StagedBundle:
     digest: str
     signer: str
     directory: Path
-    paths: tuple[Path, ...]  # the model variants to choose among
     golden_inputs: dict[str, np.ndarray]
     golden_expected: dict[str, np.ndarray]
     tolerance: float
@@ -68,14 +67,12 @@ def stage_bundle(
         verified = extract_bundle(archive, directory, trust)
     check_bundle_matches(model, verified)
     manifest = verified.manifest
-    paths = tuple(directory / variant.file for variant in manifest.variants)
     golden = manifest.golden
     return StagedBundle(
         manifest=manifest,
         digest=verified.digest,
         signer=verified.signer_keyid,
         directory=directory,
-        paths=paths,
         golden_inputs=_load_arrays(directory / golden.inputs_file),
         golden_expected=_load_arrays(directory / golden.expected_file),
         tolerance=golden.tolerance,

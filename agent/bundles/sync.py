@@ -26,11 +26,14 @@ import aiohttp
 
 from agent.bundles.activation import BundleActivator, StateKeeper
 from agent.bundles.state import AgentState
+from agent.errors import DownloadFailed
 from shared.assignment import Assignment, verify_assignment
 from shared.errors import EdgeFleetError
 from shared.keylist import TrustStore
 
 log = logging.getLogger(__name__)
+
+MAX_DOCUMENT_BYTES = 1 << 20
 
 
 class AssignmentSource(abc.ABC):
@@ -88,7 +91,9 @@ class HttpAssignmentSource(AssignmentSource):
             if response.status == 304:
                 return None
             response.raise_for_status()
-            data = await response.read()
+            data = await response.content.read(MAX_DOCUMENT_BYTES + 1)
+            if len(data) > MAX_DOCUMENT_BYTES:
+                raise DownloadFailed(f"{self.url}: the assignment is larger than 1 MiB")
             self._etag = response.headers.get("ETag")
             return data
 
@@ -114,6 +119,7 @@ class AssignmentSync:
         self.interval_s = interval_s
         self.assignment: Assignment | None = None
         self.polls = 0  # completed syncs (tests and status reports read it)
+        self._expired_serial: int | None = None
         self._wake = asyncio.Event()
         self._healthy = True
 
@@ -160,7 +166,7 @@ class AssignmentSync:
             document = await self.source.fetch()
             if document is not None:
                 await self._accept(document)
-            if self.assignment is not None:
+            if self.assignment is not None and self._current(self.assignment):
                 for model in self.assignment.models:
                     await self.activator.activate(model)
             if not self._healthy:
@@ -176,6 +182,23 @@ class AssignmentSync:
                 self.interval_s,
             )
             self._healthy = False
+
+    def _current(self, assignment: Assignment) -> bool:
+        """False once the accepted assignment expired: install nothing more from it.
+
+        What is installed keeps serving; only a fresh document (which a control plane sends
+        long before expiry) moves the device again. This is the defence against a frozen feed.
+        """
+        if time.time() < assignment.expires_at:
+            return True
+        if self._expired_serial != assignment.serial:
+            self._expired_serial = assignment.serial
+            log.error(
+                "assignment serial %d has expired; serving what is installed until a new "
+                "one arrives",
+                assignment.serial,
+            )
+        return False
 
     async def _accept(self, document: bytes) -> None:
         if document == self.keeper.state.assignment_document.encode():

@@ -75,11 +75,6 @@ def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return Fleet(tmp_path / "fleet")
-
-
-@pytest.fixture
 def device(fleet: Fleet, tmp_path: Path) -> Iterator[Device]:
     running = Device(fleet, tmp_path / "state")
     yield running
