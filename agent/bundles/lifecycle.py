@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -98,7 +99,12 @@ class EventLog:
 
     def append(self, event: LifecycleEvent) -> None:
         """Record one event durably (blocking: call from a worker thread)."""
-        append_durably(self.path, json.dumps(event.as_json(), sort_keys=True).encode())
+        line = json.dumps(event.as_json(), sort_keys=True).encode()
+        # A crash (or a full disk) mid-append leaves a torn last line: end it first, or the next
+        # event, such as the one saying what the restart did, would be glued to it and lost.
+        if _torn(self.path):
+            line = b"\n" + line
+        append_durably(self.path, line)
 
     def read(self) -> Iterator[LifecycleEvent]:
         """Every complete event in order; a line torn by a crash is skipped."""
@@ -110,6 +116,16 @@ class EventLog:
                     yield LifecycleEvent(**json.loads(line))
                 except (ValueError, TypeError):
                     continue
+
+
+def _torn(path: Path) -> bool:
+    """True when the file's last line has no newline (a missing or empty file is not torn)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def check_transition(previous: VersionState | None, state: VersionState) -> None:

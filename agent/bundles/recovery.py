@@ -5,15 +5,17 @@ atomically) says which version was committed and which activation was under way:
 one is logged as failed (or reverted, if it was on probation), keeps its attempt count so a bundle
 that keeps crashing the agent is given up, and the committed version is verified and served again.
 If the committed version no longer verifies (a damaged disk), the previous committed ones are tried.
+A commit whose `active` event the crash kept out of the event log is logged then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from agent.bundles.activation import BundleActivator
-from agent.bundles.lifecycle import VersionState, make_event
-from agent.bundles.state import InstalledVersion
+from agent.bundles.lifecycle import EventLog, VersionState, make_event
+from agent.bundles.state import InstalledVersion, ModelRecord
 from shared.errors import EdgeFleetError
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,11 @@ S = VersionState
 async def recover(activator: BundleActivator) -> None:
     """Serve every model's last good version and account for interrupted activations."""
     state = activator.keeper.state
+    logged = await asyncio.get_running_loop().run_in_executor(
+        activator.executor, _last_logged_states, activator.events
+    )
     for name, record in sorted(state.models.items()):
+        await _announce_commit(activator, name, record, logged)
         activation = record.activation
         if activation is not None:
             phase = S(activation.phase)
@@ -45,6 +51,48 @@ async def recover(activator: BundleActivator) -> None:
         else:
             if record.active is not None:
                 log.error("%s: no installed version verifies; waiting for an assignment", name)
+
+
+def _last_logged_states(events: EventLog) -> dict[str, str]:
+    """The state each bundle digest was last logged in (blocking: reads the whole log)."""
+    return {event.digest: event.state for event in events.read()}
+
+
+async def _announce_commit(
+    activator: BundleActivator, name: str, record: ModelRecord, logged: dict[str, str]
+) -> None:
+    """Log the `active` (and `retired`) events of a commit the crash kept out of the log.
+
+    The commit is saved before its event is appended, so an agent killed between the two serves
+    the new version after the restart while the log still says it is on probation.
+    """
+    active = record.active
+    if active is None or logged.get(active.digest) != S.PROBATION.value:
+        return
+    await activator.record(
+        make_event(
+            name,
+            active.version,
+            active.digest,
+            S.PROBATION,
+            S.ACTIVE,
+            "committed just before the agent restarted",
+        )
+    )
+    activator.last_state[active.digest] = S.ACTIVE
+    replaced = record.history[0] if record.history else None
+    if replaced is not None and logged.get(replaced.digest) == S.ACTIVE.value:
+        await activator.record(
+            make_event(
+                name,
+                replaced.version,
+                replaced.digest,
+                S.ACTIVE,
+                S.RETIRED,
+                f"replaced by v{active.version}",
+            )
+        )
+        activator.last_state[replaced.digest] = S.RETIRED
 
 
 async def _restore(activator: BundleActivator, name: str, installed: InstalledVersion) -> bool:

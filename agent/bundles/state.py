@@ -165,7 +165,7 @@ class StateFile:
                 assignment_document=str(data.get("assignment_document", "")),
                 models={k: ModelRecord.from_json(v) for k, v in data.get("models", {}).items()},
             )
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             # Atomic writes make this a disk or operator problem, not a crash artefact; keep the
             # evidence and start empty rather than refuse to start.
             broken = self.path.with_suffix(".corrupt")

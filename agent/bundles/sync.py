@@ -91,11 +91,14 @@ class HttpAssignmentSource(AssignmentSource):
             if response.status == 304:
                 return None
             response.raise_for_status()
-            data = await response.content.read(MAX_DOCUMENT_BYTES + 1)
-            if len(data) > MAX_DOCUMENT_BYTES:
-                raise DownloadFailed(f"{self.url}: the assignment is larger than 1 MiB")
+            # `content.read(n)` returns one buffered chunk, not n bytes: read to the end.
+            data = bytearray()
+            async for chunk in response.content.iter_any():
+                data += chunk
+                if len(data) > MAX_DOCUMENT_BYTES:
+                    raise DownloadFailed(f"{self.url}: the assignment is larger than 1 MiB")
             self._etag = response.headers.get("ETag")
-            return data
+            return bytes(data)
 
 
 class AssignmentSync:
