@@ -8,7 +8,7 @@ DEMO_DIR ?= .demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help venv lint test demo bench clean
+.PHONY: help venv system-deps lint test demo bench clean
 
 help:
 	@echo "make demo   set up, write the sample models and serve them on http://$(HOST):$(PORT)"
@@ -24,15 +24,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages the tests and the demo need: Mosquitto (the tests start their own broker).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		($(SUDO) apt-get update && \
+		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: system-deps lint
 	$(BIN)/pytest -q
 
-demo: venv
+demo: system-deps venv
 	$(BIN)/edgefleet sample-models $(DEMO_DIR)/models
 	@echo
 	@echo "Serving on http://$(HOST):$(PORT)/v2 (Ctrl-C stops). Try, in another terminal:"

@@ -16,9 +16,13 @@
         │                          absolute or `..` path, a duplicate, or a size or count cap
         ├── ReplayedAssignment     an assignment whose serial is not above the last accepted one
         ├── ExpiredAssignment      an assignment past its expiry time (a freeze attack)
-        ├── WrongDevice            an assignment addressed to another device
+        ├── WrongDevice            an assignment or command addressed to another device (or a
+        │                          group the device is not in)
         ├── DigestMismatch         a bundle whose sha256 or size is not the one assigned
-        └── ManifestMismatch       a bundle whose model name or version is not the one assigned
+        ├── ManifestMismatch       a bundle whose model name or version is not the one assigned
+        ├── ExpiredCommand         a command past its expiry time, or issued in the future
+        ├── ReplayedCommand        a command whose nonce was already accepted
+        └── UnknownCommand         a command whose name this device does not implement
 
 Every error is permanent for the document at hand: retrying the same bytes fails the same way.
 Messages name what is at fault (the file, the key id, the expected and found hash prefixes).
@@ -72,7 +76,7 @@ class ExpiredAssignment(TrustError):
 
 
 class WrongDevice(TrustError):
-    """An assignment is addressed to another device."""
+    """An assignment or command is addressed to another device or group."""
 
 
 class DigestMismatch(TrustError):
@@ -81,3 +85,15 @@ class DigestMismatch(TrustError):
 
 class ManifestMismatch(TrustError):
     """A bundle's model name or version differs from the one its assignment names."""
+
+
+class ExpiredCommand(TrustError):
+    """A signed command is past its expiry time (or claims to be issued in the future)."""
+
+
+class ReplayedCommand(TrustError):
+    """A signed command's nonce was already accepted: the same command, sent again."""
+
+
+class UnknownCommand(TrustError):
+    """A signed command names an action this device does not implement."""
