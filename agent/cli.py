@@ -45,10 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME=PATH[,PATH...]",
         help="a model to serve; repeat for several models",
     )
-    serve.add_argument("--config", type=Path, help="settings file (TOML); flags override it")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
-    serve.add_argument("--state-dir", type=Path, help="where the selection cache is kept")
+    _add_common_options(serve)
     serve.add_argument(
         "--policy",
         choices=["latency", "throughput"],
@@ -100,12 +97,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(see docs/agent.md, section 'Production mode')"
         ),
     )
-    run.add_argument("--config", type=Path, help="settings file (TOML)")
-    run.add_argument("--state-dir", type=Path, help="store, state file and event log")
-    run.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    run.add_argument("--port", type=int, help="port to bind (default 8000)")
+    _add_common_options(run)
     run.add_argument("--assignment", help="assignment URL (https://...) or file path")
-    run.add_argument("--device-id", help="this device's id (default: the host name)")
     run.add_argument("--root-key", help="the pinned root public key (root.pub)")
     run.add_argument("--keylist", help="the signed key list (keylist.json)")
     run.set_defaults(func=_run)
@@ -139,6 +132,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     probe.set_defaults(func=_probe)
 
 
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options `serve` and `run` share: settings file, state, endpoint, identity, MQTT."""
+    parser.add_argument("--config", type=Path, help="settings file (TOML); flags override it")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="selection cache, bundle store, state file, event log, outbox",
+    )
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8000)")
+    parser.add_argument("--device-id", help="this device's id (default: the host name)")
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="report to this broker, e.g. mqtt://127.0.0.1:1883 (default: none)",
+    )
+    parser.add_argument(
+        "--telemetry-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between telemetry reports (default 10)",
+    )
+
+
+def _common_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "": {
+            "device_id": args.device_id,
+            "state_dir": str(args.state_dir) if args.state_dir else None,
+        },
+        "server": {"host": args.host, "port": args.port},
+        "mqtt": {"url": args.mqtt, "telemetry_interval_s": args.telemetry_interval},
+    }
+
+
 def _parse_models(values: list[str]) -> dict[str, dict[str, Any]]:
     models: dict[str, dict[str, Any]] = {}
     for value in values:
@@ -160,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise SystemExit(f"--pin names '{name}', which no --model defines")
         models[name]["pin"] = pin
     overrides = {
-        "server": {"host": args.host, "port": args.port},
+        **_common_overrides(args),
         "selection": {"policy": args.policy, "budget_s": args.selection_budget},
         "batching": {
             "max_batch_size": args.max_batch_size,
@@ -169,11 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
         },
         "runtime": {"intra_op_threads": args.threads, "cpu_affinity": args.cpu_affinity},
     }
-    env = dict(os.environ)
-    if args.state_dir is not None:
-        env["EDGEFLEET_AGENT_STATE_DIR"] = str(args.state_dir)
     try:
-        settings = load_settings(args.config, env, overrides, models)
+        settings = load_settings(args.config, os.environ, overrides, models)
         if not settings.models:
             raise SystemExit("nothing to serve: give --model NAME=PATH or a [models] section")
         agent = build_agent(settings)
@@ -190,19 +215,15 @@ def _run(args: argparse.Namespace) -> int:
     from agent.server.app import serve
 
     overrides = {
-        "server": {"host": args.host, "port": args.port},
+        **_common_overrides(args),
         "bundles": {
             "assignment": args.assignment,
-            "device_id": args.device_id,
             "root_key": args.root_key,
             "keylist": args.keylist,
         },
     }
-    env = dict(os.environ)
-    if args.state_dir is not None:
-        env["EDGEFLEET_AGENT_STATE_DIR"] = str(args.state_dir)
     try:
-        settings = load_settings(args.config, env, overrides)
+        settings = load_settings(args.config, os.environ, overrides)
         agent = build_production_agent(settings)
     except (AgentError, EdgeFleetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

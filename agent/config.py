@@ -6,15 +6,18 @@ is a frozen `AgentSettings` passed explicitly to whatever needs it; nothing else
 environment. The file layout:
 
     state_dir = "/var/lib/edgefleet"
+    device_id = "edge-1"          (default: the host name)
     [server]     host, port, max_body_mb, max_elements, compress_min_bytes
     [runtime]    intra_op_threads, inter_op_threads, inference_threads, cpu_affinity,
                  performance_hint
     [batching]   max_batch_size, max_queue_delay_us, max_queue_size, instances,
                  default_timeout_us
     [selection]  budget_s, policy
-    [bundles]    assignment, device_id, root_key, keylist, poll_interval_s, keep_versions,
+    [bundles]    assignment, root_key, keylist, poll_interval_s, keep_versions,
                  max_attempts, probation_duration_s, probation_requests,
                  probation_max_error_rate, probation_max_latency_ratio, probation_min_requests
+    [mqtt]       url, groups, username, password, ca_file, cert_file, key_file, keepalive_s,
+                 protocol, telemetry_interval_s, outbox_max_messages, outbox_max_mb
     [models.NAME]  paths (list), version, policy, pin, and any [batching] key
 """
 
@@ -80,7 +83,6 @@ class BundleSettings:
     """Production mode (`edgefleet agent run`): where assignments come from, what to trust."""
 
     assignment: str = ""  # https:// URL of the control plane, or a local file path
-    device_id: str = field(default_factory=socket.gethostname)
     root_key: str = ""  # the pinned root public key (root.pub from `edgefleet keys init`)
     keylist: str = ""  # the signed key list (keylist.json)
     poll_interval_s: float = 30.0
@@ -95,15 +97,35 @@ class BundleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttSettingsSection:
+    """Reporting over MQTT (presence, telemetry, events) and receiving signed commands."""
+
+    url: str = ""  # mqtt://host:1883 or mqtts://host:8883; empty = no MQTT
+    groups: str = ""  # comma-separated groups whose commands this device obeys
+    username: str = ""
+    password: str = ""  # better set through EDGEFLEET_AGENT_MQTT_PASSWORD
+    ca_file: str = ""
+    cert_file: str = ""  # client certificate for mutual TLS
+    key_file: str = ""
+    keepalive_s: int = 30
+    protocol: int = 5  # 5, or 4 for MQTT 3.1.1
+    telemetry_interval_s: float = 10.0
+    outbox_max_messages: int = 10_000
+    outbox_max_mb: float = 16.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     """Everything the agent process needs to know, resolved once."""
 
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    device_id: str = field(default_factory=socket.gethostname)  # assignments, MQTT topics
     server: ServerSettings = field(default_factory=ServerSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     bundles: BundleSettings = field(default_factory=BundleSettings)
+    mqtt: MqttSettingsSection = field(default_factory=MqttSettingsSection)
     models: tuple[ModelSpec, ...] = ()
 
     def runtime_options(self) -> RuntimeOptions:
@@ -124,12 +146,14 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "edgefleet"
 
 
+_TOP_LEVEL = ("state_dir", "device_id")
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "runtime": RuntimeSettings,
     "batching": BatchingConfig,
     "selection": SelectionSettings,
     "bundles": BundleSettings,
+    "mqtt": MqttSettingsSection,
 }
 
 
@@ -149,25 +173,32 @@ def load_settings(
         except tomllib.TOMLDecodeError as error:
             raise SettingsError(f"{config_file} is not valid TOML: {error}") from None
     sections: dict[str, dict[str, Any]] = {name: dict(document.get(name, {})) for name in _SECTIONS}
-    state_dir = document.get("state_dir")
+    top: dict[str, Any] = {k: document[k] for k in _TOP_LEVEL if k in document}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         rest = key[len(ENV_PREFIX) :].lower()
-        if rest == "state_dir":
-            state_dir = value
+        if rest in _TOP_LEVEL:
+            top[rest] = value
             continue
         section, _, option = rest.partition("_")
         if section not in _SECTIONS or not option:
             raise SettingsError(f"unknown setting in environment variable {key}")
         sections[section][option] = value
     for section, values in (overrides or {}).items():
-        sections[section].update({k: v for k, v in values.items() if v is not None})
+        present = {k: v for k, v in values.items() if v is not None}
+        if section == "":
+            top.update(present)
+        else:
+            sections[section].update(present)
     built = {name: _build(name, cls, sections[name]) for name, cls in _SECTIONS.items()}
+    state_dir = top.get("state_dir")
     settings = AgentSettings(
         state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(env),
         **built,
     )
+    if top.get("device_id"):
+        settings = replace(settings, device_id=str(top["device_id"]))
     all_models = dict(document.get("models", {}))
     all_models.update(models or {})
     specs = tuple(

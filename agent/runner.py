@@ -140,7 +140,7 @@ def _bundle_path(
                 activator=activator,
                 keeper=keeper,
                 trust=lambda: trust,
-                device_id=bundles.device_id,
+                device_id=settings.device_id,
                 interval_s=bundles.poll_interval_s,
             )
             services = BundleServices(activator, sync, keeper, asyncio.Event())

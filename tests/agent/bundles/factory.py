@@ -80,7 +80,6 @@ class Fleet:
         """Agent settings following this fleet's assignment file, with fast probation."""
         options: dict[str, Any] = {
             "assignment": str(self.assignment_path),
-            "device_id": self.device_id,
             "root_key": str(self.root_pub),
             "keylist": str(self.keylist_path),
             "poll_interval_s": 0.2,
@@ -90,6 +89,7 @@ class Fleet:
         options.update(bundles)
         return AgentSettings(
             state_dir=state_dir,
+            device_id=self.device_id,
             selection=SelectionSettings(budget_s=0.05),
             bundles=replace(BundleSettings(), **options),
         )

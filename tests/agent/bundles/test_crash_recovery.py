@@ -149,14 +149,17 @@ class Device:
         self.port = 0
         options: dict[str, Any] = {
             "assignment": str(self.assignment),
-            "device_id": DEVICE_ID,
             "root_key": str(kit.keys / "root.pub"),
             "keylist": str(kit.keys / "keylist.json"),
             "poll_interval_s": 0.2,
             "probation_duration_s": 0.3,
             **bundles,
         }
-        lines = [f"state_dir = {json.dumps(str(self.state_dir))}", "[bundles]"]
+        lines = [
+            f"state_dir = {json.dumps(str(self.state_dir))}",
+            f"device_id = {json.dumps(DEVICE_ID)}",
+            "[bundles]",
+        ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
         lines += ["[selection]", "budget_s = 0.05"]
         self.config.write_text("\n".join(lines) + "\n")
