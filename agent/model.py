@@ -147,6 +147,8 @@ class ServedModel:
         self._chain: BackendChain | None = None
         self._batcher: DynamicBatcher | None = None
         self._inputs: dict[str, TensorSpec] = {}
+        # Told each time the model becomes ready (the reporter publishes the selection).
+        self.on_ready: list[Callable[[ServedModel], None]] = []
         self._outputs: dict[str, TensorSpec] = {}
         self.loaded_at: float | None = None
 
@@ -172,10 +174,9 @@ class ServedModel:
         self.state = state
         self.reason = reason
 
-    async def load(self, selector: AcceleratorSelector) -> None:
-        """Choose a backend by measuring (or from the cache), load it and start batching."""
-        self._transition(ModelState.LOADING, "selecting a backend")
-        request = SelectionRequest(
+    def selection_request(self) -> SelectionRequest:
+        """What the selector is asked for this model (also the key of its cached choice)."""
+        return SelectionRequest(
             model=self.name,
             paths=self.spec.paths,
             policy=self.spec.policy,
@@ -183,6 +184,11 @@ class ServedModel:
             pin=self.spec.pin,
             budget_s=self.spec.selection_budget_s,
         )
+
+    async def load(self, selector: AcceleratorSelector) -> None:
+        """Choose a backend by measuring (or from the cache), load it and start batching."""
+        self._transition(ModelState.LOADING, "selecting a backend")
+        request = self.selection_request()
         loop = asyncio.get_running_loop()
         try:
             selection = await loop.run_in_executor(self._executor, selector.select, request)
@@ -207,6 +213,8 @@ class ServedModel:
         self.loaded_at = time.time()
         log.info("%s v%d ready on %s (%s)", self.name, self.version, report.chosen, report.source)
         self._transition(ModelState.READY)
+        for listener in self.on_ready:
+            listener(self)
 
     def _adopt(self, backend: Backend) -> None:
         """Describe the model by the backend that now serves it."""

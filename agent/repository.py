@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 
 from agent.errors import ModelNotFound, ModelNotReady
@@ -29,6 +29,8 @@ class ModelRepository:
         # Which version answers requests that name none; absent = the highest ready version.
         self._serving: dict[str, int] = {}
         self._loading: set[asyncio.Task[None]] = set()
+        # Called with each model version that becomes ready (after selection and load).
+        self.on_model_ready: list[Callable[[ServedModel], None]] = []
 
     def add(self, spec: ModelSpec) -> ServedModel:
         """Register a model version (not loaded yet)."""
@@ -36,9 +38,14 @@ class ModelRepository:
         if spec.version in versions:
             raise ValueError(f"model '{spec.name}' version {spec.version} is already registered")
         model = versions[spec.version] = ServedModel(spec, self._executor)
+        model.on_ready.append(self._model_ready)
         # Keep versions sorted once here, not on every request.
         self._models[spec.name] = dict(sorted(versions.items()))
         return model
+
+    def _model_ready(self, model: ServedModel) -> None:
+        for listener in self.on_model_ready:
+            listener(model)
 
     async def load_all(self) -> None:
         """Load every registered model that is not loaded, one after another.

@@ -34,6 +34,7 @@ from agent.server.app import Agent, build_agent
 from shared.atomic import write_atomic
 from shared.keylist import SignedKeyList, TrustStore
 from shared.keys import load_public
+from shared.mqtt.commands import Command, CommandVerifier
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def _bundle_path(
                 interval_s=bundles.poll_interval_s,
             )
             services = BundleServices(activator, sync, keeper, asyncio.Event())
+            _connect_reporter(agent, services, trust)
             agent.dataplane.readiness = lambda: _ready(agent, services)
             agent.dataplane.control = BundleModelControl(activator)
             if on_services is not None:
@@ -154,6 +156,30 @@ def _bundle_path(
             await asyncio.gather(task, return_exceptions=True)
 
     return lifecycle
+
+
+def _connect_reporter(agent: Agent, services: BundleServices, trust: TrustStore) -> None:
+    """Publish lifecycle events and obey signed `sync` and `rollback` commands over MQTT."""
+    reporter = agent.reporter
+    if reporter is None:
+        return
+    reporter.verifier = CommandVerifier(
+        lambda: trust, agent.settings.device_id, reporter.settings.groups
+    )
+    services.activator.listeners.append(
+        lambda event: reporter.event({"kind": "lifecycle", **event.as_json()})
+    )
+
+    async def sync(command: Command) -> str:
+        services.sync.trigger()
+        return "assignment sync started"
+
+    async def rollback(command: Command) -> str:
+        wanted = command.args.get("model")
+        names = [wanted] if isinstance(wanted, str) else sorted(services.keeper.state.models)
+        return "; ".join([await services.activator.rollback(name) for name in names])
+
+    reporter.handlers.update({"sync": sync, "rollback": rollback})
 
 
 async def _run(services: BundleServices) -> None:

@@ -214,6 +214,25 @@ class BundleActivator:
         await attempt.to(state, details=details)
         await self.pauses.reach(state.value)
 
+    async def rollback(self, name: str) -> str:
+        """Go back to the previous committed version (a local revert, even offline).
+
+        The version given up is marked failed, so the assignment that named it does not bring it
+        back; a new assignment naming it again does.
+        """
+        record = self.keeper.state.model(name)
+        if record.active is None or not record.history:
+            raise ActivationFailed(f"model '{name}' has no earlier committed version")
+        current, target = record.active, record.history[0]
+        await self._forget_activation(
+            ModelAssignment(name, current.version, current.digest, "", 0), failed=True
+        )
+        await self.activate(ModelAssignment(name, target.version, target.digest, "", 0))
+        now = self.keeper.state.model(name).active
+        if now != target:
+            raise ActivationFailed(f"model '{name}': v{target.version} did not come back")
+        return f"{name} rolled back from v{current.version} to v{target.version}"
+
     async def restore(self, name: str, installed: InstalledVersion) -> None:
         """Serve a committed version again after a restart: verify, load, check, warm, serve."""
         model = ModelAssignment(name, installed.version, installed.digest, "", 0)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,6 +24,9 @@ from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
+
+if TYPE_CHECKING:
+    from agent.telemetry.reporter import TelemetryReporter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Agent:
     dataplane: DataPlane
     executor: ThreadPoolExecutor
     app: web.Application
+    reporter: TelemetryReporter | None = None  # when a broker is configured
 
 
 def build_agent(settings: AgentSettings, registry: RuntimeRegistry | None = None) -> Agent:
@@ -71,6 +75,9 @@ def build_agent(settings: AgentSettings, registry: RuntimeRegistry | None = None
     add_routes(app)
     agent = Agent(settings, repository, dataplane, executor, app)
     app.cleanup_ctx.append(_lifecycle(agent))
+    from agent.telemetry.service import attach_telemetry
+
+    attach_telemetry(agent)
     return agent
 
 

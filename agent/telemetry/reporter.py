@@ -90,7 +90,7 @@ class TelemetryReporter:
 
     async def start(self) -> None:
         """Connect (in the background), subscribe to commands, start reporting."""
-        self.client.on_connect.append(lambda: self._spawn(self.report_status()))
+        self.client.on_connect.append(self.refresh_status)
         self.client.on_message.append(self._on_message)
         await self.client.start()
         for topic_filter in device_command_filters(self.settings.device_id, self.settings.groups):
@@ -117,6 +117,10 @@ class TelemetryReporter:
     def event(self, payload: dict[str, Any]) -> None:
         """Queue an event (callable from synchronous code on the loop)."""
         self._spawn(self.queue(EVENT, "events", SCHEMA_EVENT, payload))
+
+    def refresh_status(self) -> None:
+        """Queue a fresh status soon (callable from synchronous code on the loop)."""
+        self._spawn(self.report_status())
 
     async def report_status(self) -> None:
         """Queue a fresh retained status."""
