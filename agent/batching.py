@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.errors import DeadlineExceeded, QueueFull
+from agent.errors import DeadlineExceeded, ModelNotReady, QueueFull
 from agent.stats import ModelStatistics
 
 Tensors = dict[str, np.ndarray]
@@ -88,9 +88,18 @@ class DynamicBatcher:
                 self._dispatch(), name="edgefleet-batcher"
             )
 
-    async def close(self) -> None:
-        """Stop taking requests, fail what is queued and wait for running batches."""
+    async def close(self, drain_s: float = 30.0) -> None:
+        """Stop taking requests, run what is queued (for up to `drain_s`), then stop.
+
+        Requests already queued are answered, not failed: an unload or a version swap must not
+        drop work that was accepted. What is still queued after `drain_s` is failed with 503.
+        """
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while (self._queue or self._running) and loop.time() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
@@ -103,7 +112,7 @@ class DynamicBatcher:
     async def submit(self, inputs: Mapping[str, np.ndarray], timeout_us: int = 0) -> Tensors:
         """Queue one request and return its outputs once its batch has run."""
         if self._closed:
-            raise QueueFull("the model is being unloaded", retry_after=1.0)
+            raise ModelNotReady("the model version is being unloaded", retry_after=1.0)
         if len(self._queue) >= self.config.max_queue_size:
             raise QueueFull(
                 f"the queue of this model is full ({self.config.max_queue_size} requests)",

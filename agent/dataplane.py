@@ -184,7 +184,15 @@ class DataPlane:
         model = self.repository.require_ready(name, version)
         started = time.perf_counter_ns()
         try:
-            outputs = await model.infer(request)
+            try:
+                outputs = await model.infer(request)
+            except ModelNotReady:
+                if version is not None or model.state is ModelState.READY:
+                    raise
+                # The version was swapped out between lookup and queueing: a request that named
+                # no version goes to the one serving now instead of failing.
+                model = self.repository.require_ready(name, None)
+                outputs = await model.infer(request)
         except asyncio.CancelledError:
             model.stats.record_failure("canceled", time.perf_counter_ns() - started)
             raise

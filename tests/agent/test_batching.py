@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.batching import BatchingConfig, DynamicBatcher
-from agent.errors import DeadlineExceeded, QueueFull
+from agent.errors import DeadlineExceeded, ModelNotReady, QueueFull
 from agent.stats import ModelStatistics
 
 
@@ -167,3 +167,21 @@ async def test_backend_error_reaches_every_caller(executor: ThreadPoolExecutor) 
     )
     assert all(isinstance(r, RuntimeError) for r in results)
     await batcher.close()
+
+
+async def test_close_answers_what_is_queued(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    model.release.clear()
+    batcher, _ = make(model, executor, max_batch_size=1)
+    running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+    await wait_entered(model)
+    queued = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 2.0)})) for _ in range(3)]
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0)
+    with pytest.raises(ModelNotReady, match="being unloaded"):
+        await batcher.submit({"x": np.ones((1, 1))})  # nothing new once closing
+    model.release.set()
+    await closing
+    assert [(await t)["y"].tolist() for t in queued] == [[[4.0]]] * 3
+    assert (await running)["y"].tolist() == [[2.0]]

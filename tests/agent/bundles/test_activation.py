@@ -110,7 +110,17 @@ def test_first_assignment_installs_and_serves(fleet: Fleet, device: Device) -> N
     assert (device.state_dir / "bundles" / "blobs" / f"{v1.digest}.bundle").is_file()
 
 
-def test_swap_under_load_fails_no_request(fleet: Fleet, device: Device) -> None:
+def test_swap_under_load_fails_no_request(fleet: Fleet, tmp_path: Path) -> None:
+    # The gate's latency check is not what this test is about, and on a shared machine the
+    # load itself can double a p95: only a failing version may be reverted here.
+    device = Device(fleet, tmp_path / "swap-state", probation_max_latency_ratio=1000.0)
+    try:
+        _swap_under_load(fleet, device)
+    finally:
+        device.stop()
+
+
+def _swap_under_load(fleet: Fleet, device: Device) -> None:
     v1 = fleet.fake_bundle("m", 1, scale=2.0)
     fleet.assign(v1.assigned())
     installed(device, v1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_each_report_covers_only_its_interval(tmp_path: Path) -> None:
     assert entry["errors"]["backend"] == 1
     assert entry["batch_sizes"] == {"5": 1}
     assert sum(entry["latency_counts"]) == 5
-    assert entry["latency_counts"][LATENCY_BUCKETS.index(0.0005)] == 5
+    assert entry["latency_counts"][bisect.bisect_left(LATENCY_BUCKETS, 0.0003)] == 5
     assert first["outbox"] == {"queued": 2, "queued_bytes": 100, "dropped": {"telemetry": 1}}
     assert first["host"]["memory_total_bytes"] > 0
     model.stats.record_success(300_000)
@@ -47,3 +48,16 @@ def test_status_says_offline_or_what_runs(tmp_path: Path) -> None:
     assert status["state"] == "online"
     assert status["models"][0]["model"] == "m"
     assert status["models"][0]["state"] == "UNAVAILABLE"
+
+
+def test_quantiles_interpolate_inside_buckets() -> None:
+    from agent.stats import LatencyHistogram
+
+    histogram = LatencyHistogram()
+    for _ in range(100):
+        histogram.observe(0.001)
+    p95 = histogram.quantile(0.95)
+    assert p95 is not None
+    lower, upper = 0.000854, 0.00128  # the bucket that holds 1 ms
+    assert lower < p95 <= upper, "inside the bucket of the true value"
+    assert LatencyHistogram().quantile(0.5) is None
