@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from agent.bundles.activation import BundleActivator, StateKeeper
 from agent.bundles.state import AgentState, ModelRecord, StateFile
@@ -26,25 +25,27 @@ from agent.bundles.sync import (
 from agent.errors import DownloadFailed
 from shared.assignment import ModelAssignment
 from shared.keylist import TrustStore
+from tests.agent.bundles import http_fixtures
 from tests.agent.bundles.factory import Fleet
+from tests.agent.bundles.http_fixtures import OneRouteServer
+
+# The thread pool and HTTP client shared with test_download.py; pytest finds fixtures by name here.
+executor = http_fixtures.executor
+session = http_fixtures.session
 
 
 @dataclass
-class AssignmentServer:
+class AssignmentServer(OneRouteServer):
     """Serves one document at /assignment with an ETag, answering 304 when it matches."""
 
+    route: ClassVar[str] = "/assignment"
     document: bytes = b'{"serial": 1}'
     etags: bool = True
     status: int = 200
     seen: list[str | None] = field(default_factory=list)  # each request's If-None-Match
 
-    def app(self) -> web.Application:
-        """The aiohttp application serving the document."""
-        app = web.Application()
-        app.router.add_get("/assignment", self.handle)
-        return app
-
     async def handle(self, request: web.Request) -> web.Response:
+        """Answer one request for the document."""
         self.seen.append(request.headers.get("If-None-Match"))
         if self.status != 200:
             return web.Response(status=self.status)
@@ -56,30 +57,11 @@ class AssignmentServer:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    """Worker threads for file reads and state writes."""
-    pool = ThreadPoolExecutor(max_workers=2)
-    yield pool
-    pool.shutdown(wait=True)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The HTTP client the agent would use."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[tuple[AssignmentServer, str]]:
     """A live assignment server in the test's loop, and the document's URL."""
     documents = AssignmentServer()
-    test_server = TestServer(documents.app())
-    await test_server.start_server()
-    try:
-        yield documents, str(test_server.make_url("/assignment"))
-    finally:
-        await test_server.close()
+    async with documents.running() as url:
+        yield documents, url
 
 
 async def test_a_file_source_returns_the_document_only_when_it_changed(
