@@ -172,6 +172,40 @@ def probe_nvidia_gpus() -> tuple[tuple[GpuInfo, ...], str | None]:
     return tuple(gpus), None if gpus else "NVML reports no GPUs"
 
 
+def gpu_usage() -> list[dict[str, float | int | str]]:
+    """Current utilisation, memory in use and temperature of each NVIDIA GPU (empty if none)."""
+    if importlib.util.find_spec("pynvml") is None:
+        return []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver: a CPU-only device
+        return []
+    usage: list[dict[str, float | int | str]] = []
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            usage.append(
+                {
+                    "index": i,
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "utilization_percent": int(rates.gpu),
+                    "memory_used_bytes": int(memory.used),
+                    "memory_total_bytes": int(memory.total),
+                    "temperature_c": int(pynvml.nvmlDeviceGetTemperature(handle, 0)),
+                }
+            )
+    except Exception:  # a GPU that vanished or a driver hiccup: report what was read
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    return usage
+
+
 def _text(value: object) -> str:
     # Older nvidia-ml-py releases return bytes, newer ones str.
     return value.decode() if isinstance(value, bytes) else str(value)

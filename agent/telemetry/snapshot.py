@@ -121,7 +121,7 @@ class TelemetryBuilder:
 
 
 def host_metrics(state_dir: Path) -> dict[str, Any]:
-    """CPU, memory, disk (of the state directory) and temperatures where available."""
+    """CPU, memory, disk (of the state directory), temperatures and GPU use where available."""
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(str(state_dir if state_dir.exists() else Path("/")))
     metrics: dict[str, Any] = {

@@ -33,6 +33,7 @@ def test_each_report_covers_only_its_interval(tmp_path: Path) -> None:
     assert entry["latency_counts"][bisect.bisect_left(LATENCY_BUCKETS, 0.0003)] == 5
     assert first["outbox"] == {"queued": 2, "queued_bytes": 100, "dropped": {"telemetry": 1}}
     assert first["host"]["memory_total_bytes"] > 0
+    assert isinstance(first["host"]["gpus"], list)
     model.stats.record_success(300_000)
     (entry,) = builder.build([model], None)["models"]
     assert entry["requests"] == 1
