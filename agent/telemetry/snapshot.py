@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from agent import __version__
-from agent.hardware import HardwareInfo
+from agent.hardware import HardwareInfo, gpu_usage
 from agent.model import ServedModel
 from agent.stats import FAILURE_REASONS, LATENCY_BUCKETS, ModelStatistics
 from agent.telemetry.outbox import OutboxStats
@@ -140,6 +140,7 @@ def host_metrics(state_dir: Path) -> dict[str, Any]:
         for name, sensors in readings.items()
         if sensors
     }
+    metrics["gpus"] = gpu_usage()
     return metrics
 
 
