@@ -23,7 +23,7 @@ import numpy as np
 from agent.batching import BatchingConfig
 from agent.bundles.compatibility import DeviceProfile, usable_variants
 from agent.bundles.download import BundleDownloader
-from agent.bundles.lifecycle import EventLog, VersionState, make_event
+from agent.bundles.lifecycle import EventLog, LifecycleEvent, VersionState, make_event
 from agent.bundles.pause import PausePoints
 from agent.bundles.probation import ProbationGate, ProbationPolicy
 from agent.bundles.staging import StagedBundle, stage_bundle
@@ -120,11 +120,11 @@ class BundleActivator:
         self.pauses = pauses
         self.last_state: dict[str, S] = {}
         self.held: set[str] = set()  # models an operator unloaded; the sync leaves them alone
-        self.listeners: list[Callable[[Any], None]] = []
+        self.listeners: list[Callable[[LifecycleEvent], None]] = []
         self._lock = asyncio.Lock()  # one activation at a time: they measure and they swap
         self._profile: DeviceProfile | None = None
 
-    async def record(self, event: Any) -> None:
+    async def record(self, event: LifecycleEvent) -> None:
         """Append an event to the log and tell listeners (the MQTT reporter, later)."""
         await self._run(self.events.append, event)
         for listener in self.listeners:
