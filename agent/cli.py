@@ -236,7 +236,8 @@ def _probe(args: argparse.Namespace) -> int:
     from agent.hardware import format_table, probe_hardware
     from agent.runtimes.base import RuntimeOptions
     from agent.runtimes.registry import RuntimeRegistry
-    from agent.selection import AcceleratorSelector, SelectionCache, SelectionRequest
+    from agent.selection import AcceleratorSelector, SelectionRequest
+    from agent.selection_cache import SelectionCache
 
     registry = RuntimeRegistry.default()
     hardware = probe_hardware(registry)

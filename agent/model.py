@@ -27,7 +27,8 @@ from agent.batching import BatchingConfig, DynamicBatcher
 from agent.errors import AgentError, BackendError, InvalidRequest, ModelLoadError, ModelNotReady
 from agent.inference import InferenceRequest
 from agent.runtimes.base import Backend, BackendDescription, Candidate
-from agent.selection import AcceleratorSelector, SelectionReport, SelectionRequest
+from agent.selection import AcceleratorSelector, SelectionRequest
+from agent.selection_cache import SelectionReport
 from agent.stats import ModelStatistics
 from agent.tensors import BINARY_ONLY, TensorSpec
 

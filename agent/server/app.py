@@ -19,7 +19,8 @@ from agent.dataplane import DataPlane
 from agent.hardware import probe_hardware
 from agent.repository import ModelRepository
 from agent.runtimes.registry import RuntimeRegistry
-from agent.selection import AcceleratorSelector, SelectionCache
+from agent.selection import AcceleratorSelector
+from agent.selection_cache import SelectionCache
 from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes

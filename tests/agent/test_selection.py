@@ -13,7 +13,8 @@ from agent.inference import InferenceRequest
 from agent.model import ModelSpec, ModelState, ServedModel
 from agent.runtimes.base import RuntimeOptions
 from agent.runtimes.registry import RuntimeRegistry
-from agent.selection import AcceleratorSelector, SelectionCache, SelectionRequest
+from agent.selection import AcceleratorSelector, SelectionRequest
+from agent.selection_cache import SelectionCache
 from tests.agent.fakes import fake_registry, write_fake_model
 
 
