@@ -156,8 +156,9 @@ class AssignmentSync:
     async def run(self) -> None:
         """Poll forever, with jitter, logging only when the outcome changes."""
         while True:
-            await self.sync_once()
+            # Cleared before syncing: a trigger that arrives during the sync runs another one.
             self._wake.clear()
+            await self.sync_once()
             delay = self.interval_s * random.uniform(0.8, 1.2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

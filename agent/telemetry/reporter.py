@@ -23,7 +23,7 @@ from typing import Any
 from agent.hardware import HardwareInfo
 from agent.repository import ModelRepository
 from agent.telemetry.outbox import EVENT, STATUS, TELEMETRY, Outbox
-from agent.telemetry.snapshot import TelemetryBuilder, status_payload
+from agent.telemetry.snapshot import TelemetryBuilder, host_metrics, status_payload
 from shared.errors import EdgeFleetError
 from shared.mqtt.client import Message, MqttClient
 from shared.mqtt.commands import Command, CommandVerifier
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[Command], Awaitable[str]]
 PUBLISH_WINDOW = 32  # QoS 1 publishes in flight at once
+REFUSED_PAUSE_S = 1.0  # between checks while the broker refuses the connection
+STOP_WAIT_S = 2.0  # on stop: for queued events and commands, then to flush the outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,14 @@ class TelemetryReporter:
         self.builder = TelemetryBuilder(state_dir)
         self.malformed = 0  # command messages that were not valid envelopes
         self._queued = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()  # the periodic report makes its last one and ends
+        self._flushing = asyncio.Event()  # all is queued: the drain ends once the outbox is empty
+        # Messages enter the outbox in the order `queue` was called: its sequence numbers and
+        # its drain order follow, whichever worker thread runs each insert.
+        self._queue_order = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()  # queued messages and commands in flight
+        self._drain_task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect (in the background), subscribe to commands, start reporting."""
@@ -95,14 +104,29 @@ class TelemetryReporter:
         await self.client.start()
         for topic_filter in device_command_filters(self.settings.device_id, self.settings.groups):
             await self.client.subscribe(topic_filter)
-        self._spawn(self._drain())
-        self._spawn(self._report_periodically())
+        self._drain_task = asyncio.create_task(self._drain(), name="edgefleet-outbox-drain")
+        self._report_task = asyncio.create_task(
+            self._report_periodically(), name="edgefleet-telemetry"
+        )
 
     async def stop(self) -> None:
-        """Say "offline" (a clean disconnect sends no will), then disconnect."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Report the last partial interval, flush, say "offline", then disconnect.
+
+        The final telemetry covers the requests since the previous report, which would
+        otherwise be lost on every clean restart; it waits in the outbox if the broker is away.
+        Each wait is bounded by `STOP_WAIT_S`.
+        """
+        self._stopping.set()
+        if self._report_task is not None:
+            await asyncio.gather(self._report_task, return_exceptions=True)
+        await self._settle(STOP_WAIT_S)
+        self._flushing.set()
+        if self._drain_task is not None:
+            if self.client.connected:
+                self._queued.set()  # wake the drain, which returns once the outbox is empty
+                await asyncio.wait({self._drain_task}, timeout=STOP_WAIT_S)
+            self._drain_task.cancel()
+            await asyncio.gather(self._drain_task, return_exceptions=True)
         if self.client.connected:
             with contextlib.suppress(MqttError, TimeoutError):
                 await self.client.publish(
@@ -112,7 +136,17 @@ class TelemetryReporter:
                     timeout=2.0,
                 )
         await self.client.stop()
+        await self._settle(0)  # e.g. a status queued by a reconnection meanwhile
         await self._run(self.outbox.close)
+
+    async def _settle(self, seconds: float) -> None:
+        """Let queued messages and running commands finish for `seconds`; cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def event(self, payload: dict[str, Any]) -> None:
         """Queue an event (callable from synchronous code on the loop)."""
@@ -130,7 +164,8 @@ class TelemetryReporter:
     async def report_telemetry(self) -> None:
         """Queue one telemetry message covering the time since the last one."""
         stats = await self._run(self.outbox.stats)
-        payload = self.builder.build(list(self.repository.all()), stats)
+        host = await self._run(host_metrics, self.builder.state_dir)
+        payload = self.builder.build(list(self.repository.all()), stats, host)
         await self.queue(TELEMETRY, "telemetry", SCHEMA_TELEMETRY, payload)
 
     async def queue(
@@ -142,45 +177,71 @@ class TelemetryReporter:
         def build(seq: int) -> bytes:
             return encode(Envelope(schema, device, seq, time.time(), payload))
 
-        seq: int = await self._run(
-            self.outbox.add, priority, device_topic(device, kind), retain, build
-        )
+        async with self._queue_order:
+            seq: int = await self._run(
+                self.outbox.add, priority, device_topic(device, kind), retain, build
+            )
         self._queued.set()
         return seq
 
     async def _report_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.interval_s)
+        """Queue telemetry every interval, and once more when stopping (the partial interval)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.interval_s)
             try:
                 await self.report_telemetry()
             except (EdgeFleetError, OSError) as error:
                 log.error("telemetry not queued: %s", error)
 
     async def _drain(self) -> None:
-        """Send what the outbox holds whenever the broker is there; ack what it acknowledged."""
+        """Send what the outbox holds whenever the broker is there; ack what it acknowledged.
+
+        When flushing, return as soon as the outbox is empty.
+        """
         while True:
             if not self.client.connected:
-                with contextlib.suppress(TimeoutError, MqttError):
-                    await self.client.wait_connected(timeout=30.0)
+                await self._wait_for_broker()
                 continue
-            batch = await self._run(self.outbox.peek, PUBLISH_WINDOW)
-            if not batch:
-                self._queued.clear()
+            # Cleared before looking, so a message queued after the look wakes the wait below.
+            self._queued.clear()
+            sent, failed = await self._publish_next()
+            if not sent:
+                if self._flushing.is_set() and not self._queued.is_set():
+                    return  # nothing was queued since the look either
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._queued.wait(), 5.0)
-                continue
-            results = await asyncio.gather(
-                *(self.client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in batch),
-                return_exceptions=True,
-            )
-            for message, result in zip(batch, results, strict=True):
-                if result is None:
-                    await self._run(self.outbox.ack, message.id)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
+            elif failed:
                 # Not connected any more, or refused: wait for the session to come back.
-                log.debug("publishing paused: %s", failures[0])
                 await asyncio.sleep(0.2)
+
+    async def _wait_for_broker(self) -> None:
+        try:
+            await self.client.wait_connected(timeout=30.0)
+        except TimeoutError:
+            pass
+        except MqttError:
+            # The broker refused us (credentials, ACL, protocol). The client keeps retrying,
+            # and until it gets in `wait_connected` raises at once: pause instead of spinning,
+            # which would starve the event loop and with it the inference API.
+            await asyncio.sleep(REFUSED_PAUSE_S)
+
+    async def _publish_next(self) -> tuple[int, int]:
+        """Publish the next window of queued messages; return (published, failed)."""
+        batch = await self._run(self.outbox.peek, PUBLISH_WINDOW)
+        if not batch:
+            return 0, 0
+        results = await asyncio.gather(
+            *(self.client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in batch),
+            return_exceptions=True,
+        )
+        acknowledged = [m.id for m, result in zip(batch, results, strict=True) if result is None]
+        if acknowledged:
+            await self._run(self.outbox.ack, *acknowledged)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.debug("publishing paused: %s", failures[0])
+        return len(batch), len(failures)
 
     def _on_message(self, message: Message) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.hardware import CPUINFO, HardwareInfo, probe_hardware
-from agent.model import ServedModel
+from agent.model import ModelState, ServedModel
 from agent.server.app import Agent
 from agent.telemetry.outbox import Outbox
 from agent.telemetry.reporter import ReporterSettings, TelemetryReporter, groups_of, offline_status
@@ -107,6 +107,12 @@ def _telemetry(agent: Agent) -> Callable[[web.Application], AsyncIterator[None]]
             reporter.refresh_status()
 
         agent.repository.on_model_ready.append(model_ready)
+        # Loading started before this context (a fast load or a cached selection can finish
+        # while the reporter was being built): report those models too. Hook and scan run
+        # without an await between them, so every model is reported exactly once.
+        for model in agent.repository.all():
+            if model.state is ModelState.READY:
+                model_ready(model)
         await reporter.start()
         yield
         await reporter.stop()

@@ -63,15 +63,24 @@ class TelemetryBuilder:
         self._last_time = time.monotonic()
         psutil.cpu_percent(None)  # the first call only primes the counter
 
-    def build(self, models: Iterable[ServedModel], outbox: OutboxStats | None) -> dict[str, Any]:
-        """One telemetry payload covering the time since the previous call."""
+    def build(
+        self,
+        models: Iterable[ServedModel],
+        outbox: OutboxStats | None,
+        host: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One telemetry payload covering the time since the previous call.
+
+        `host` is `host_metrics(...)`, read by the caller in a worker thread (psutil and NVML
+        calls block); the model statistics are read here, on the event loop that owns them.
+        """
         now = time.monotonic()
         interval = max(1e-6, now - self._last_time)
         self._last_time = now
         return {
             "interval_s": round(interval, 3),
             "models": [self._model(model, interval) for model in models],
-            "host": host_metrics(self.state_dir),
+            "host": host if host is not None else host_metrics(self.state_dir),
             "outbox": None
             if outbox is None
             else {
