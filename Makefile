@@ -13,7 +13,7 @@ PORT ?= 8000
 help:
 	@echo "make demo   set up, write the sample models and serve them on http://$(HOST):$(PORT)"
 	@echo "make test   set up, then ruff, mypy --strict and pytest"
-	@echo "make bench  serving and bundle benchmarks; write docs/benchmarks.md"
+	@echo "make bench  serving, bundle and reporting benchmarks; write docs/benchmarks.md"
 
 # The virtual environment, with the project (all extras) and the dev tools.
 $(STAMP): pyproject.toml
@@ -53,6 +53,7 @@ demo: system-deps venv
 bench: venv
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.bundles
+	$(BIN)/python -m bench.reporting
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
