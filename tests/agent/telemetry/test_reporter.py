@@ -304,7 +304,8 @@ def assert_in_order(messages: list[Received]) -> None:
         assert seqs == sorted(seqs), f"{kind} out of order: {seqs}"
 
 
-@pytest.mark.parametrize("outage_s", [3.0])
+# The issue asks for a 30 s outage; the 3 s case shows the same path quickly.
+@pytest.mark.parametrize("outage_s", [3.0, 30.0])
 def test_broker_outage_and_agent_restart_lose_nothing(
     outage_s: float,
     own_broker: MosquittoBroker,
