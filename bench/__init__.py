@@ -1,7 +1,9 @@
 """Benchmark scripts: each prints a table of ratios against baselines measured in the same run.
 
 `python -m bench.serving` loads the agent with wrk and compares it with a trivial aiohttp
-endpoint and with onnxruntime called in-process; results go to `docs/benchmarks.md`.
+endpoint and with onnxruntime called in-process; `python -m bench.bundles` times bundle
+verification and activation; `python -m bench.reporting` measures MQTT reporting. Results go to
+`docs/benchmarks.md`.
 
 Modules: `plan` (what a serving run measures, its targets and results), `wrk` (the load
 generator), `processes` (server subprocesses), `http_client` (single requests and the agent's
@@ -13,6 +15,8 @@ Every failure that stops a run is a `BenchError`.
 
 from __future__ import annotations
 
+import signal
+
 
 class BenchError(Exception):
     """The benchmark cannot go on: a missing tool, a server that fails or answers wrongly."""
@@ -21,3 +25,12 @@ class BenchError(Exception):
 def say(message: str) -> None:
     """Print a progress line at once."""
     print(message, flush=True)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so processes and files are cleaned up on the way out."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

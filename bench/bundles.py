@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.sample_models import SampleModel, write_sample_models
-from bench import BenchError, say
+from bench import BenchError, say, stop_on_sigterm
 from bench.activations import Activation, AgentUnderTest, agent_command, agent_config
 from bench.bundle_notes import ms
 from bench.bundle_plan import CONNECTIONS, TRIGGER_S, WARMUP_S, BundleResults, Plan, SwapRun
@@ -204,15 +203,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so that every subprocess is stopped on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and update the Markdown file."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_sigterm()
     plan = Plan.of(args.size_mb, args.quick)
     given = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([".venv/bin/python", "-m", "bench.bundles", *given])

@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import importlib.metadata
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from agent.selection import AcceleratorSelector
 from agent.selection_cache import SelectionCache
 from agent.telemetry.outbox import EVENT, Outbox
 from agent.telemetry.reporter import ReporterSettings, TelemetryReporter
-from bench import BenchError, say
+from bench import BenchError, say, stop_on_sigterm
 from bench.payloads import Payload, build_payloads
 from bench.processes import AGENT_READY_PATH, REPO, Server, edgefleet_executable, running
 from bench.report import Row, machine, markdown_table, verdict, versions, write_section
@@ -561,15 +560,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so that every process is stopped on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and update the Markdown file."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_sigterm()
     given = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([".venv/bin/python", "-m", "bench.reporting", *given])
     duration = max(2, args.duration)

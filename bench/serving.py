@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from agent.sample_models import SampleIndex, SampleModel, write_sample_models
-from bench import BenchError, say
+from bench import BenchError, say, stop_on_sigterm
 from bench.http_client import batch_counts, chosen_backend, infer_path
 from bench.payloads import Payload, PayloadKey, build_payloads, check_answer, post
 from bench.plan import (
@@ -244,15 +243,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so that every server is stopped on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and update the Markdown file."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_sigterm()
     duration = 3 if args.quick else max(1, args.duration)
     given = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([".venv/bin/python", "-m", "bench.serving", *given])
