@@ -386,7 +386,7 @@ RATE_ROWS = {  # key in Results.rates: (figure, compared with paho)
     "adapter": ("MqttClient.publish (the asyncio adapter), 32 at a time", True),
     "queue": ("reporter: queue {n} events (envelope, SQLite insert + fsync)", True),
     "backlog": ("reporter: drain a backlog of {n} (connect, publish, PUBACK, ack)", True),
-    "backlog, Nagle": ("same, broker without set_tcp_nodelay (deploy/mosquitto as shipped)", True),
+    "backlog, Nagle": ("same, broker without set_tcp_nodelay (Mosquitto's default)  ", True),
     "live": ("reporter: queue and publish {n} while connected", True),
 }
 
