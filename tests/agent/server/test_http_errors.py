@@ -285,8 +285,6 @@ async def test_queue_full_is_503_with_retry_after(served: Served) -> None:
         await asyncio.sleep(0.02)
         rejected = next((t.result() for t in tasks if t.done() and t.result().status == 503), None)
     assert rejected is not None
-    # One request runs, two wait (max_queue_size=2): the fourth is the first turned away.
-    assert len(tasks) <= 5
     assert rejected.headers["Retry-After"].isdigit()
     assert "queue of this model is full" in (await rejected.json())["error"]
     served.fake.gate.set()
@@ -295,8 +293,11 @@ async def test_queue_full_is_503_with_retry_after(served: Served) -> None:
         response = await task
         statuses.append(response.status)
         response.release()
-    assert statuses.count(503) == 1
-    assert statuses.count(200) == len(tasks) - 1
+    # One request runs and two wait (max_queue_size=2): those three are answered, and every
+    # later one (the loop may send more before it sees the first 503) is turned away at once.
+    assert statuses[:3] == [200, 200, 200]
+    assert statuses[3:] == [503] * (len(tasks) - 3)
+    assert len(tasks) >= 4
 
 
 async def test_timeout_is_503(served: Served) -> None:
