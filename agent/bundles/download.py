@@ -187,13 +187,33 @@ class BundleDownloader:
                     status=response.status,
                     message=response.reason or "server error",
                 )
-            async for chunk in response.content.iter_chunked(CHUNK):
-                if part.size + len(chunk) > size:
+            # One chunk is written and hashed in a worker thread while the next one is read,
+            # so the network and the disk work at the same time; writes stay in order because
+            # each waits for the one before it.
+            loop = asyncio.get_running_loop()
+            received = part.size
+            writing: asyncio.Future[None] | None = None
+            try:
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    received += len(chunk)
+                    if received > size:
+                        raise DownloadFailed(
+                            f"{url}: the server sent more than the {size} bytes the assignment "
+                            "states"
+                        )
+                    if writing is not None:
+                        await writing  # a disk error surfaces here
+                    writing = loop.run_in_executor(self.executor, part.write, chunk)
+                if writing is not None:
+                    await writing
+            except BaseException as error:
+                # Whatever stopped the stream, let the write in flight land, so the part file
+                # and its running hash agree before a resume.
+                if writing is not None and not writing.done():
+                    await asyncio.gather(writing, return_exceptions=True)
+                if isinstance(error, DownloadFailed):
                     await self._run(part.restart)
-                    raise DownloadFailed(
-                        f"{url}: the server sent more than the {size} bytes the assignment states"
-                    )
-                await self._run(part.write, chunk)
+                raise
 
     @staticmethod
     def _copy_file(source: Path, part: _Part, size: int) -> None:
