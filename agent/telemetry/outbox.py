@@ -110,6 +110,13 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids])
 
+    def refuse(self, message_id: int) -> None:
+        """Drop a message the broker keeps refusing (say an ACL or size refusal), counting it."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            self._set_counter("dropped_refused", self._counter("dropped_refused") + 1)
+
     def stats(self) -> OutboxStats:
         """Queue size and drop counters."""
         with self._lock:
@@ -117,6 +124,7 @@ class Outbox:
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
             ).fetchone()
             dropped = {kind: self._counter(f"dropped_{kind}") for kind in KINDS.values()}
+            dropped["refused"] = self._counter("dropped_refused")
         return OutboxStats(int(count), int(size), dropped)
 
     def _enforce_bounds(self) -> None:

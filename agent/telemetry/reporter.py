@@ -35,13 +35,14 @@ from shared.mqtt.envelope import (
     decode,
     encode,
 )
-from shared.mqtt.errors import EnvelopeError, MqttError
+from shared.mqtt.errors import EnvelopeError, MqttError, PublishFailed
 from shared.mqtt.topics import device_command_filters, device_topic
 
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[Command], Awaitable[str]]
 PUBLISH_WINDOW = 32  # QoS 1 publishes in flight at once
+REFUSALS_BEFORE_DROP = 3
 REFUSED_PAUSE_S = 1.0  # between checks while the broker refuses the connection
 STOP_WAIT_S = 2.0  # on stop: for queued events and commands, then to flush the outbox
 
@@ -93,6 +94,7 @@ class TelemetryReporter:
         # Messages enter the outbox in the order `queue` was called: its sequence numbers and
         # its drain order follow, whichever worker thread runs each insert.
         self._queue_order = asyncio.Lock()
+        self._refusals: dict[int, int] = {}  # outbox message id -> refusals so far
         self._tasks: set[asyncio.Task[Any]] = set()  # queued messages and commands in flight
         self._drain_task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
@@ -238,10 +240,29 @@ class TelemetryReporter:
         acknowledged = [m.id for m, result in zip(batch, results, strict=True) if result is None]
         if acknowledged:
             await self._run(self.outbox.ack, *acknowledged)
+        for message, result in zip(batch, results, strict=True):
+            if isinstance(result, PublishFailed):
+                await self._refused(message.id, message.topic, result)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.debug("publishing paused: %s", failures[0])
         return len(batch), len(failures)
+
+    async def _refused(self, message_id: int, topic: str, error: PublishFailed) -> None:
+        """Count a broker's refusal of one message; drop it after `REFUSALS_BEFORE_DROP`.
+
+        A refusal (an ACL, a packet too large) would otherwise block every message behind it
+        forever; a temporary one (a quota) gets a few more tries first.
+        """
+        count = self._refusals.get(message_id, 0) + 1
+        if count < REFUSALS_BEFORE_DROP:
+            self._refusals[message_id] = count
+            return
+        self._refusals.pop(message_id, None)
+        await self._run(self.outbox.refuse, message_id)
+        log.error(
+            "dropped a message on %s that the broker refused %d times: %s", topic, count, error
+        )
 
     def _on_message(self, message: Message) -> None:
         try:

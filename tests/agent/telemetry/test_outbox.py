@@ -57,7 +57,7 @@ def test_bound_drops_least_important_oldest_first_and_counts(tmp_path: Path) -> 
     assert [m.payload for m in outbox.peek()] == [b"event", b"t2", b"t3"]
     stats = outbox.stats()
     assert stats.queued == 3
-    assert stats.dropped == {"events": 0, "status": 0, "telemetry": 2}
+    assert stats.dropped == {"events": 0, "status": 0, "telemetry": 2, "refused": 0}
 
 
 def test_byte_bound(tmp_path: Path) -> None:
@@ -67,3 +67,12 @@ def test_byte_bound(tmp_path: Path) -> None:
     stats = outbox.stats()
     assert stats.queued_bytes <= 250
     assert stats.dropped["telemetry"] == 3
+
+
+def test_a_refused_message_is_dropped_and_counted(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    outbox.add(EVENT, "e", False, fixed("refused"))
+    outbox.add(EVENT, "e", False, fixed("fine"))
+    outbox.refuse(outbox.peek(1)[0].id)
+    assert [m.payload for m in outbox.peek()] == [b"fine"]
+    assert outbox.stats().dropped["refused"] == 1
