@@ -31,9 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry in sorted(entry_points(group="edgefleet.commands"), key=lambda e: e.name):
-        register: Register = entry.load()
+        try:
+            register: Register = entry.load()
+        except ImportError as error:
+            # An optional part whose extra is not installed (a device has no control-plane
+            # database driver): say so when it is asked for, and keep the other commands.
+            _unavailable(subparsers, entry.name, error)
+            continue
         register(subparsers)
     return parser
+
+
+def _unavailable(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, error: Exception
+) -> None:
+    """A placeholder command that explains what to install."""
+    reason = f"needs a package that is not installed ({error}); install the matching extra, e.g. "
+    reason += "pip install 'edgefleet[control-plane]'"
+    parser = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def explain(args: argparse.Namespace) -> int:
+        print(f"error: edgefleet {name} {reason}", file=sys.stderr)
+        return 1
+
+    parser.set_defaults(func=explain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The control plane's database: ORM models, engine, sessions and Alembic migrations."""

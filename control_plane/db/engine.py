@@ -1,0 +1,82 @@
+"""Engines and sessions: SQLite in the data directory by default, PostgreSQL by URL.
+
+This module and `control_plane.db.migrate` are the seam where SQLAlchemy's exceptions become
+`DatabaseError`; nothing above them sees a vendor exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from control_plane.errors import DatabaseError
+
+DATABASE_FILE = "control-plane.db"
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The SQLite database inside the control plane's data directory."""
+    return f"sqlite+aiosqlite:///{(data_dir / DATABASE_FILE).resolve()}"
+
+
+def create_engine_for(url: str) -> AsyncEngine:
+    """An async engine for `url`; SQLite connections get WAL and foreign keys switched on."""
+    try:
+        engine = create_async_engine(make_url(url))
+    except (ArgumentError, SQLAlchemyError, ImportError) as error:
+        raise DatabaseError(f"cannot use database URL {redact(url)}: {error}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a writer commits; SQLite leaves foreign keys off unless asked.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+@asynccontextmanager
+async def open_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session whose work is committed on success and rolled back on error."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        async with sessions() as session, session.begin():
+            yield session
+    except SQLAlchemyError as error:
+        raise DatabaseError(f"database error: {error}") from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"

@@ -1,0 +1,44 @@
+"""Every error the control plane raises on purpose.
+
+The whole tree, so callers (the CLI, later the API's error middleware) can pick the right
+clause and say what happens next:
+
+    EdgeFleetError                    (shared.errors)
+    └── ControlPlaneError
+        ├── DatabaseError             the database failed or cannot be reached; retry later
+        │   └── SchemaOutOfDate       not at the newest migration; run `edgefleet cp migrate`
+        └── TokenError
+            ├── UnknownToken          no operator token has that id; permanent
+            └── InvalidRole           not one of viewer, operator, admin; permanent
+
+SQLAlchemy and Alembic exceptions are translated into `DatabaseError` in `control_plane.db`
+and never travel further.
+"""
+
+from __future__ import annotations
+
+from shared.errors import EdgeFleetError
+
+
+class ControlPlaneError(EdgeFleetError):
+    """Base class of every error the control plane raises on purpose."""
+
+
+class DatabaseError(ControlPlaneError):
+    """The database failed or could not be reached; retrying later may help."""
+
+
+class SchemaOutOfDate(DatabaseError):
+    """The database is not at the newest migration; run `edgefleet cp migrate`."""
+
+
+class TokenError(ControlPlaneError):
+    """An operator-token operation was refused."""
+
+
+class UnknownToken(TokenError):
+    """No operator token has the given id."""
+
+
+class InvalidRole(TokenError):
+    """A role name is not one of viewer, operator, admin."""

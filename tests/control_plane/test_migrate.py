@@ -1,0 +1,70 @@
+"""Migrations applied from code on a fresh SQLite file, and the server's "at head?" check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+
+from control_plane.db.engine import create_engine_for, sqlite_file
+from control_plane.db.migrate import check_current, upgrade
+from control_plane.db.models import Base
+from control_plane.errors import DatabaseError
+
+
+async def test_upgrade_creates_the_schema_and_check_current_flips(database_url: str) -> None:
+    assert await check_current(database_url) is False
+    await upgrade(database_url)
+    assert await check_current(database_url) is True
+    engine = create_engine_for(database_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+            journal = await connection.scalar(text("PRAGMA journal_mode"))
+            foreign_keys = await connection.scalar(text("PRAGMA foreign_keys"))
+    finally:
+        await engine.dispose()
+    assert tables == {"alembic_version", "operator_tokens", "audit_log"}
+    assert journal == "wal"
+    assert foreign_keys == 1
+
+
+async def test_upgrade_twice_is_harmless(database_url: str) -> None:
+    await upgrade(database_url)
+    await upgrade(database_url)
+    assert await check_current(database_url) is True
+
+
+async def test_the_migration_matches_the_models(database_url: str) -> None:
+    await upgrade(database_url)
+    engine = create_engine_for(database_url)
+
+    def differences(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_an_unreachable_database_is_a_database_error(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/missing-directory/control-plane.db"
+    with pytest.raises(DatabaseError, match="cannot migrate"):
+        await upgrade(url)
+
+
+def test_an_unknown_driver_is_a_database_error() -> None:
+    with pytest.raises(DatabaseError, match="cannot use database URL"):
+        create_engine_for("nosuchdb://user:secret@host/db")
+
+
+def test_sqlite_file_is_only_for_sqlite_files(tmp_path: Path) -> None:
+    assert sqlite_file(f"sqlite+aiosqlite:///{tmp_path}/x.db") == tmp_path / "x.db"
+    assert sqlite_file("sqlite+aiosqlite:///:memory:") is None
+    assert sqlite_file("postgresql+asyncpg://u:p@db/cp") is None
