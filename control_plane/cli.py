@@ -1,4 +1,4 @@
-"""`edgefleet cp ...`: migrate the control plane's database and manage operator tokens.
+"""`edgefleet cp ...`: migrate the database, manage operator tokens, serve the API.
 
 The database is the SQLite file in `--data`, unless `--db` or `EDGEFLEET_CP_DATABASE_URL`
 names another (a PostgreSQL URL with a password belongs in the environment, not in `ps`).
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane import audit, tokens
+from control_plane.api.app import serve
 from control_plane.db.engine import (
     create_engine_for,
     default_database_url,
@@ -29,13 +30,14 @@ from control_plane.db.engine import (
 from control_plane.db.migrate import check_current, upgrade
 from control_plane.errors import ControlPlaneError, SchemaOutOfDate
 from control_plane.roles import Role
+from control_plane.settings import ControlPlaneSettings
 
 DATABASE_URL_ENV = "EDGEFLEET_CP_DATABASE_URL"
 CLI_ACTOR = "cli"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `cp migrate` and `cp token create|list|revoke`."""
+    """Add `cp migrate`, `cp token create|list|revoke` and `cp serve`."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, required=True, help="the control plane's data dir")
     common.add_argument(
@@ -58,6 +60,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token")
     revoke.add_argument("id", type=int, help="the token's id (see `cp token list`)")
     revoke.set_defaults(func=_command(_revoke))
+
+    serve = groups.add_parser("serve", help="serve the REST API until SIGINT/SIGTERM")
+    serve.add_argument(
+        "--data", type=Path, help="the control plane's data dir (default: $EDGEFLEET_CP_DATA_DIR)"
+    )
+    serve.add_argument(
+        "--db", help=f"database URL (default: ${DATABASE_URL_ENV}, else SQLite in --data)"
+    )
+    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: 8080)")
+    serve.set_defaults(func=_serve)
 
 
 def database_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
@@ -162,6 +175,23 @@ async def _revoke(args: argparse.Namespace, url: str) -> int:
         return 0
 
     return await _in_session(url, work)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.log_level != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = ControlPlaneSettings.build(
+            os.environ, data_dir=args.data, database_url=args.db, host=args.host, port=args.port
+        )
+        asyncio.run(serve(settings))
+    except ControlPlaneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the address is taken or cannot be bound
+        print(f"error: cannot listen: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _when(moment: datetime | None) -> str:

@@ -1,0 +1,150 @@
+"""The OpenAPI 3.1 document, generated from the same route table that registers the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from control_plane.api.routes import ENDPOINTS, PREFIX, Endpoint
+from control_plane.roles import Role
+
+_ROLES = [r.value for r in Role]
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_TOKEN = {
+    "type": "object",
+    "required": ["id", "name", "role", "created_at", "last_used_at", "revoked_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "role": {"type": "string", "enum": _ROLES},
+        "created_at": _TIME,
+        "last_used_at": _NULLABLE_TIME,
+        "revoked_at": _NULLABLE_TIME,
+    },
+}
+_STATE = {"type": ["object", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Health": {"type": "object", "properties": {"status": {"const": "ok"}}},
+    "Token": _TOKEN,
+    "TokenList": {
+        "type": "object",
+        "properties": {
+            "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}
+        },
+    },
+    "TokenEnvelope": {
+        "type": "object",
+        "properties": {"token": {"$ref": "#/components/schemas/Token"}},
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "role": {"type": "string", "enum": _ROLES},
+        },
+    },
+    "CreatedToken": {
+        "type": "object",
+        "required": ["token", "secret"],
+        "properties": {
+            "token": {"$ref": "#/components/schemas/Token"},
+            "secret": {"type": "string", "description": "shown only in this response"},
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "time": _TIME,
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "target": {"type": "string"},
+            "before": _STATE,
+            "after": _STATE,
+        },
+    },
+    "AuditList": {
+        "type": "object",
+        "properties": {
+            "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}
+        },
+    },
+}
+
+_ERROR_TEXT = {
+    400: "Malformed request",
+    401: "Missing, unknown or revoked token",
+    403: "The token's role is too low",
+    404: "No such object",
+    503: "The database is unavailable; retry later",
+}
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """This API described as OpenAPI 3.1."""
+    return web.json_response(build_document())
+
+
+OPENAPI = Endpoint(
+    "GET", f"{PREFIX}/openapi.json", openapi_document, None, "This document", response=""
+)
+ALL_ENDPOINTS: tuple[Endpoint, ...] = (*ENDPOINTS, OPENAPI)
+
+
+def build_document(endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS) -> dict[str, Any]:
+    """The OpenAPI document for `endpoints`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "EdgeFleet control plane", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
+    content = (
+        {"application/json": {"schema": {"$ref": f"#/components/schemas/{endpoint.response}"}}}
+        if endpoint.response
+        else {"application/json": {"schema": {"type": "object"}}}
+    )
+    responses: dict[str, Any] = {str(endpoint.status): {"description": "OK", "content": content}}
+    errors = set(endpoint.errors) | {503}
+    if endpoint.role is not None:
+        errors |= {401, 403}
+    for status in sorted(errors):
+        responses[str(status)] = {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    operation: dict[str, Any] = {
+        "summary": endpoint.summary,
+        "operationId": endpoint.handler.__name__,
+        "security": [] if endpoint.role is None else [{"bearer": []}],
+        "responses": responses,
+    }
+    if endpoint.role is not None:
+        operation["x-minimum-role"] = endpoint.role.value
+    if endpoint.parameters:
+        operation["parameters"] = list(endpoint.parameters)
+    if endpoint.request:
+        ref = {"$ref": f"#/components/schemas/{endpoint.request}"}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref}},
+        }
+    return operation

@@ -1,0 +1,215 @@
+"""The `/api/v1` routes: one table registers them, sets their minimum role and feeds OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from control_plane import audit, tokens
+from control_plane.api.auth import actor, caller
+from control_plane.api.errors import InvalidRequest
+from control_plane.api.state import ACCESS, ENGINE
+from control_plane.db.engine import open_session
+from control_plane.db.models import AuditEntry, OperatorToken
+from control_plane.roles import Role
+
+PREFIX = "/api/v1"
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 1000
+MAX_NAME_LENGTH = 200
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One route: what it does, who may call it, and what OpenAPI says about it."""
+
+    method: str
+    path: str
+    handler: Handler
+    role: Role | None  # None: public
+    summary: str
+    status: int = 200
+    response: str = ""  # a schema name in `control_plane.api.openapi`
+    request: str = ""
+    parameters: tuple[dict[str, Any], ...] = field(default=())
+    errors: tuple[int, ...] = ()
+
+
+def token_json(token: OperatorToken) -> dict[str, Any]:
+    """A token as the API shows it: never the secret or its hash."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "role": token.role.value,
+        "created_at": token.created_at.isoformat(),
+        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+        "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+    }
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as the API shows it."""
+    return {
+        "id": entry.id,
+        "time": entry.time.isoformat(),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "before": entry.before,
+        "after": entry.after,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """Every token, oldest first, without secrets."""
+    async with open_session(request.app[ENGINE]) as session:
+        rows = await tokens.list_tokens(session)
+        return web.json_response({"tokens": [token_json(t) for t in rows]})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """Issue a token; the response is the only place its secret ever appears."""
+    name, role = _token_request(await _json_object(request))
+    async with open_session(request.app[ENGINE]) as session:
+        token, secret = await tokens.issue_token(session, name, role)
+        await audit.record(
+            session,
+            actor(caller(request)),
+            "token.create",
+            f"token:{token.id}",
+            None,
+            tokens.describe(token),
+        )
+        await session.flush()
+        body = {"token": token_json(token), "secret": secret}
+    return web.json_response(body, status=201)
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke a token; revoking one already revoked changes (and audits) nothing."""
+    token_id = _int(request.match_info["id"], "token id")
+    async with open_session(request.app[ENGINE]) as session:
+        token = await tokens.get_token(session, token_id)
+        if token.revoked_at is None:
+            before = tokens.describe(token)
+            await tokens.revoke(session, token_id)
+            await audit.record(
+                session,
+                actor(caller(request)),
+                "token.revoke",
+                f"token:{token.id}",
+                before,
+                tokens.describe(token),
+            )
+        body = {"token": token_json(token)}
+    return web.json_response(body)
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """The newest audit entries first, at most `?limit=` of them."""
+    raw = request.query.get("limit")
+    limit = DEFAULT_AUDIT_LIMIT if raw is None else _int(raw, "limit")
+    if not 1 <= limit <= MAX_AUDIT_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_AUDIT_LIMIT}")
+    async with open_session(request.app[ENGINE]) as session:
+        rows = await session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+        return web.json_response({"entries": [audit_json(e) for e in rows]})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _token_request(body: dict[str, Any]) -> tuple[str, Role]:
+    name = body.get("name", "")
+    role = body.get("role")
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"name must be a string of at most {MAX_NAME_LENGTH} characters")
+    if not isinstance(role, str):
+        raise InvalidRequest("role is required: one of viewer, operator, admin")
+    return name, Role.parse(role)
+
+
+def _int(raw: str, what: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{what} must be an integer, not {raw!r}") from None
+
+
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_LIMIT},
+}
+_TOKEN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+# The OpenAPI route itself is appended by `control_plane.api.openapi`, which reads this table.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", f"{PREFIX}/health", health, None, "Liveness", response="Health"),
+    Endpoint(
+        "GET",
+        f"{PREFIX}/tokens",
+        list_tokens,
+        Role.ADMIN,
+        "List operator tokens",
+        response="TokenList",
+    ),
+    Endpoint(
+        "POST",
+        f"{PREFIX}/tokens",
+        create_token,
+        Role.ADMIN,
+        "Issue an operator token",
+        status=201,
+        response="CreatedToken",
+        request="TokenRequest",
+        errors=(400,),
+    ),
+    Endpoint(
+        "DELETE",
+        f"{PREFIX}/tokens/{{id}}",
+        revoke_token,
+        Role.ADMIN,
+        "Revoke an operator token",
+        response="TokenEnvelope",
+        parameters=(_TOKEN_ID,),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "GET",
+        f"{PREFIX}/audit",
+        list_audit,
+        Role.VIEWER,
+        "Audit log, newest first",
+        response="AuditList",
+        parameters=(_LIMIT,),
+        errors=(400,),
+    ),
+)
+
+
+def add_routes(app: web.Application, endpoints: tuple[Endpoint, ...]) -> None:
+    """Register `endpoints` and remember each one's minimum role for the auth middleware."""
+    access = app[ACCESS]
+    for endpoint in endpoints:
+        route = app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+        access[route] = endpoint.role
