@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: 8080)")
+    serve.add_argument(
+        "--keys",
+        type=Path,
+        help="key directory holding root.pub and keylist.json (default: $EDGEFLEET_CP_KEYS_DIR)",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -182,7 +187,12 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = ControlPlaneSettings.build(
-            os.environ, data_dir=args.data, database_url=args.db, host=args.host, port=args.port
+            os.environ,
+            data_dir=args.data,
+            database_url=args.db,
+            host=args.host,
+            port=args.port,
+            keys_dir=args.keys,
         )
         asyncio.run(serve(settings))
     except ControlPlaneError as error:

@@ -7,9 +7,15 @@ clause and say what happens next:
     └── ControlPlaneError
         ├── DatabaseError             the database failed or cannot be reached; retry later
         │   └── SchemaOutOfDate       not at the newest migration; run `edgefleet cp migrate`
-        └── TokenError
-            ├── UnknownToken          no operator token has that id; permanent
-            └── InvalidRole           not one of viewer, operator, admin; permanent
+        ├── TokenError
+        │   ├── UnknownToken          no operator token has that id; permanent
+        │   └── InvalidRole           not one of viewer, operator, admin; permanent
+        └── ModelError
+            ├── InvalidBundle         the bundle failed verification; permanent
+            ├── BundleTooLarge        over the upload size cap; permanent
+            ├── VersionConflict       name+version exist with another digest; permanent
+            ├── UnknownModel          no such model version or bundle
+            └── KeysNotConfigured     no key directory; start with --keys
 
 SQLAlchemy and Alembic exceptions are translated into `DatabaseError` in `control_plane.db`
 and never travel further.
@@ -42,3 +48,27 @@ class UnknownToken(TokenError):
 
 class InvalidRole(TokenError):
     """A role name is not one of viewer, operator, admin."""
+
+
+class ModelError(ControlPlaneError):
+    """A models-registry operation was refused."""
+
+
+class InvalidBundle(ModelError):
+    """An uploaded bundle failed verification (signature, key list, contents); permanent."""
+
+
+class BundleTooLarge(ModelError):
+    """An uploaded bundle is over the size cap; permanent for this bundle."""
+
+
+class VersionConflict(ModelError):
+    """That model name and version already exist with a different bundle; permanent."""
+
+
+class UnknownModel(ModelError):
+    """No such model version or bundle."""
+
+
+class KeysNotConfigured(ModelError):
+    """The control plane has no key directory, so it cannot check release signatures."""

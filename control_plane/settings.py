@@ -14,6 +14,7 @@ DATA_DIR_ENV = ENV_PREFIX + "DATA_DIR"
 DATABASE_URL_ENV = ENV_PREFIX + "DATABASE_URL"
 HOST_ENV = ENV_PREFIX + "HOST"
 PORT_ENV = ENV_PREFIX + "PORT"
+KEYS_DIR_ENV = ENV_PREFIX + "KEYS_DIR"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
@@ -30,6 +31,8 @@ class ControlPlaneSettings:
     database_url: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # Only `root.pub` and `keylist.json` are read from it; never a private key.
+    keys_dir: Path | None = None
 
     @classmethod
     def build(
@@ -39,6 +42,7 @@ class ControlPlaneSettings:
         database_url: str | None = None,
         host: str | None = None,
         port: int | None = None,
+        keys_dir: Path | None = None,
     ) -> ControlPlaneSettings:
         """Flags win over the environment, which wins over the defaults."""
         data = data_dir or (Path(env[DATA_DIR_ENV]) if env.get(DATA_DIR_ENV) else None)
@@ -50,6 +54,7 @@ class ControlPlaneSettings:
             database_url=url,
             host=host or env.get(HOST_ENV) or DEFAULT_HOST,
             port=port if port is not None else _port(env.get(PORT_ENV)),
+            keys_dir=keys_dir or (Path(env[KEYS_DIR_ENV]) if env.get(KEYS_DIR_ENV) else None),
         )
 
 

@@ -11,7 +11,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from control_plane.api.errors import AuthenticationRequired, InvalidRequest, PermissionDenied
-from control_plane.errors import ControlPlaneError, DatabaseError, InvalidRole, UnknownToken
+from control_plane.errors import (
+    BundleTooLarge,
+    ControlPlaneError,
+    DatabaseError,
+    InvalidBundle,
+    InvalidRole,
+    KeysNotConfigured,
+    UnknownModel,
+    UnknownToken,
+    VersionConflict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +32,11 @@ _STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
     (AuthenticationRequired, 401),
     (PermissionDenied, 403),
     (UnknownToken, 404),
+    (InvalidBundle, 400),
+    (UnknownModel, 404),
+    (VersionConflict, 409),
+    (BundleTooLarge, 413),
+    (KeysNotConfigured, 503),
     (DatabaseError, 503),
 )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control_plane.api.routes import ENDPOINTS, PREFIX, Endpoint
+from control_plane.api.routes import BINARY, ENDPOINTS, PREFIX, Endpoint
 from control_plane.roles import Role
 
 _ROLES = [r.value for r in Role]
@@ -72,6 +72,23 @@ SCHEMAS: dict[str, Any] = {
             "after": _STATE,
         },
     },
+    "ModelVersion": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "digest": {"type": "string"},
+            "size": {"type": "integer"},
+            "signer_keyid": {"type": "string"},
+            "uploaded_at": _TIME,
+            "uploaded_by": {"type": "string"},
+        },
+    },
+    "ModelVersionDetail": {"type": "object", "description": "ModelVersion plus its manifest"},
+    "ModelList": {
+        "type": "object",
+        "properties": {"models": {"type": "array", "items": {"type": "object"}}},
+    },
     "AuditList": {
         "type": "object",
         "properties": {
@@ -85,6 +102,8 @@ _ERROR_TEXT = {
     401: "Missing, unknown or revoked token",
     403: "The token's role is too low",
     404: "No such object",
+    409: "Conflicts with what is stored",
+    413: "The body is over the size cap",
     503: "The database is unavailable; retry later",
 }
 
@@ -142,9 +161,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.parameters:
         operation["parameters"] = list(endpoint.parameters)
     if endpoint.request:
-        ref = {"$ref": f"#/components/schemas/{endpoint.request}"}
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": ref}},
-        }
+        if endpoint.request == BINARY:
+            body: dict[str, Any] = {"application/octet-stream": {"schema": {"type": "string"}}}
+        else:
+            ref = {"$ref": f"#/components/schemas/{endpoint.request}"}
+            body = {"application/json": {"schema": ref}}
+        operation["requestBody"] = {"required": True, "content": body}
     return operation

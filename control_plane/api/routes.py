@@ -12,6 +12,7 @@ from sqlalchemy import select
 from control_plane import audit, tokens
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
+from control_plane.api.models import download_bundle, get_model_version, list_models, upload_model
 from control_plane.api.state import ACCESS, ENGINE
 from control_plane.db.engine import open_session
 from control_plane.db.models import AuditEntry, OperatorToken
@@ -21,6 +22,7 @@ PREFIX = "/api/v1"
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 1000
 MAX_NAME_LENGTH = 200
+BINARY = "binary"  # an `Endpoint.request` that is raw bytes, not a JSON schema
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -160,6 +162,11 @@ _LIMIT = {
     "required": False,
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_LIMIT},
 }
+_MODEL_PATH = (
+    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}},
+)
+_DIGEST = {"name": "digest", "in": "path", "required": True, "schema": {"type": "string"}}
 _TOKEN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 # The OpenAPI route itself is appended by `control_plane.api.openapi`, which reads this table.
@@ -203,6 +210,39 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response="AuditList",
         parameters=(_LIMIT,),
         errors=(400,),
+    ),
+    Endpoint(
+        "POST",
+        f"{PREFIX}/models",
+        upload_model,
+        Role.OPERATOR,
+        "Upload a signed model bundle (200 if the identical bundle is already stored)",
+        status=201,
+        response="ModelVersion",
+        request=BINARY,
+        errors=(400, 409, 413),
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/models", list_models, Role.VIEWER, "List models", response="ModelList"
+    ),
+    Endpoint(
+        "GET",
+        f"{PREFIX}/models/{{name}}/versions/{{version}}",
+        get_model_version,
+        Role.VIEWER,
+        "One model version with its manifest",
+        response="ModelVersionDetail",
+        parameters=_MODEL_PATH,
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        f"{PREFIX}/bundles/{{digest}}",
+        download_bundle,
+        Role.VIEWER,
+        "Download a bundle (ETag = digest; Range and If-None-Match supported)",
+        parameters=(_DIGEST,),
+        errors=(404,),
     ),
 )
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    Integer,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from control_plane.roles import Role
@@ -82,3 +92,19 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200), index=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class BundleRecord(Base):
+    """One verified, stored model bundle: a release of a model name at a version."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_bundles_name_version"),)
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the archive
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    signer_keyid: Mapped[str] = mapped_column(String(100))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    uploaded_by: Mapped[str] = mapped_column(String(200))
