@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
+from shared.http_server import serve_until_stopped
 
 if TYPE_CHECKING:
     from agent.telemetry.reporter import TelemetryReporter
@@ -107,28 +106,12 @@ async def serve(
     if settings.runtime.cpu_affinity:
         os.sched_setaffinity(0, settings.runtime.cpu_affinity)
     runner = web.AppRunner(agent.app, handler_cancellation=True, **RUNNER_OPTIONS)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
-    port = _bound_port(runner, settings.server.port)
-    log.info("serving the inference API on http://%s:%d/v2", settings.server.host, port)
-    if stop is None:
-        stop = asyncio.Event()
-    if threading.current_thread() is threading.main_thread():
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    if started is not None:
-        started(port)
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping: finishing requests in flight and unloading models")
-        await runner.cleanup()
-
-
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return requested
+    host = settings.server.host
+    await serve_until_stopped(
+        runner,
+        host,
+        settings.server.port,
+        lambda port: f"serving the inference API on http://{host}:{port}/v2",
+        stop,
+        started,
+    )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -19,6 +17,7 @@ from control_plane.db.engine import create_engine_for, redact, sqlite_file
 from control_plane.db.migrate import check_current
 from control_plane.errors import SchemaOutOfDate
 from control_plane.settings import ControlPlaneSettings
+from shared.http_server import serve_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +56,12 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down."""
     runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        port = _bound_port(runner, settings.port)
-        log.info("serving the control plane API on http://%s:%d/api/v1", settings.host, port)
-        if stop is None:
-            stop = asyncio.Event()
-        if threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-        if started is not None:
-            started(port)
-        await stop.wait()
-        log.info("stopping the control plane API")
-    finally:
-        await runner.cleanup()
-
-
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return requested
+    host = settings.host
+    await serve_until_stopped(
+        runner,
+        host,
+        settings.port,
+        lambda port: f"serving the control plane API on http://{host}:{port}/api/v1",
+        stop,
+        started,
+    )
