@@ -61,7 +61,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument("id", type=int, help="the token's id (see `cp token list`)")
     revoke.set_defaults(func=_command(_revoke))
 
-    serve = groups.add_parser("serve", help="serve the REST API until SIGINT/SIGTERM")
+    serve = groups.add_parser(
+        "serve",
+        help="serve the REST API until SIGINT/SIGTERM",
+        description="Serve the REST API (and, with --mqtt, ingest device reports and send "
+        "commands). Settings come from --config (TOML), EDGEFLEET_CP_* variables and these "
+        "flags; see docs/operations.md.",
+    )
+    serve.add_argument("--config", type=Path, help="settings file (TOML); flags override it")
     serve.add_argument(
         "--data", type=Path, help="the control plane's data dir (default: $EDGEFLEET_CP_DATA_DIR)"
     )
@@ -73,7 +80,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--keys",
         type=Path,
-        help="key directory holding root.pub and keylist.json (default: $EDGEFLEET_CP_KEYS_DIR)",
+        help="key directory from `edgefleet keys init` (default: $EDGEFLEET_CP_KEYS_DIR); "
+        "only root.pub, keylist.json and assignment.key are read",
+    )
+    serve.add_argument(
+        "--mqtt", metavar="URL", help="broker for ingest and commands, e.g. mqtt://127.0.0.1:1883"
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="how devices reach this API (default: http://HOST:PORT)",
     )
     serve.set_defaults(func=_serve)
 
@@ -188,11 +204,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ControlPlaneSettings.build(
             os.environ,
+            args.config,
             data_dir=args.data,
             database_url=args.db,
             host=args.host,
             port=args.port,
             keys_dir=args.keys,
+            mqtt_url=args.mqtt,
+            public_url=args.public_url,
         )
         asyncio.run(serve(settings))
     except ControlPlaneError as error:

@@ -1,10 +1,27 @@
-"""The control plane's settings: built once per process from flags and `EDGEFLEET_CP_*`."""
+"""The control plane's settings: built once per process from flags, `EDGEFLEET_CP_*` and TOML.
+
+Precedence, lowest first: built-in defaults, the TOML file (`--config`), environment variables
+(`EDGEFLEET_CP_<FIELD>` in capitals, e.g. `EDGEFLEET_CP_PORT=8081`), command-line flags. Every
+field of `ControlPlaneSettings` can be set in all three places; the file uses the field names:
+
+    data_dir = "/var/lib/edgefleet-cp"
+    database_url = "postgresql+asyncpg://edgefleet@db/edgefleet"   (password: use the env)
+    host = "0.0.0.0"
+    port = 8080
+    keys_dir = "/etc/edgefleet/keys"
+    public_url = "https://cp.example.com"
+    mqtt_url = "mqtts://broker.example.com:8883"
+    ...
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from control_plane.db.engine import default_database_url
 from control_plane.errors import ControlPlaneError
@@ -20,51 +37,119 @@ DEFAULT_PORT = 8080
 
 
 class InvalidSettings(ControlPlaneError):
-    """A flag or environment variable has an unusable value; permanent until it is fixed."""
+    """A flag, environment variable or file setting has an unusable value; permanent."""
 
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
-    """Where the control plane keeps its data and where its API listens."""
+    """Where the control plane keeps its data, where it listens, and how it runs the fleet."""
 
     data_dir: Path
     database_url: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    # Only `root.pub` and `keylist.json` are read from it; never a private key.
+    # Read: `root.pub`, `keylist.json` and `assignment.key` (signs assignments and commands).
+    # Never the root or release private keys.
     keys_dir: Path | None = None
+    # The environment variable holding the passphrase of assignment.key, if it has one.
+    keys_passphrase_env: str = ""
+    # How devices reach this API (assignment and bundle URLs); default http://host:port.
+    public_url: str = ""
+    # The control plane's own broker connection (ingest and commands); empty: no MQTT.
+    mqtt_url: str = ""
+    mqtt_username: str = ""
+    mqtt_password: str = ""  # better set through EDGEFLEET_CP_MQTT_PASSWORD
+    mqtt_ca_file: str = ""
+    mqtt_cert_file: str = ""
+    mqtt_key_file: str = ""
+    mqtt_protocol: int = 5  # 5 gives shared subscriptions; 4 for brokers without MQTT 5
+    mqtt_share_group: str = "edgefleet-cp"  # replicas in one group split the ingest
+    # The broker URL handed to enrolling devices; default: mqtt_url.
+    device_mqtt_url: str = ""
+    enrollment_token_ttl_s: float = 24 * 3600.0  # default lifetime of an enrollment token
+    certificate_days: int = 365
+    assignment_lifetime_s: float = 7 * 24 * 3600.0  # re-signed when half of it has passed
+    long_poll_max_s: float = 60.0
+    telemetry_raw_days: float = 7.0  # then rolled up into `rollup_bucket_s` buckets
+    rollup_bucket_s: int = 3600
+    telemetry_rollup_days: float = 90.0
+    events_days: float = 90.0
+    ingest_batch_size: int = 500
+    ingest_batch_delay_s: float = 0.2
+    rollout_tick_s: float = 5.0  # how often running rollouts are evaluated
+
+    @property
+    def base_url(self) -> str:
+        """The URL devices use for this API, without a trailing slash."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def devices_mqtt_url(self) -> str:
+        """The broker URL enrolling devices are told."""
+        return self.device_mqtt_url or self.mqtt_url
 
     @classmethod
     def build(
         cls,
         env: Mapping[str, str],
-        data_dir: Path | None = None,
-        database_url: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        keys_dir: Path | None = None,
+        config_file: Path | None = None,
+        **flags: Any,
     ) -> ControlPlaneSettings:
-        """Flags win over the environment, which wins over the defaults."""
-        data = data_dir or (Path(env[DATA_DIR_ENV]) if env.get(DATA_DIR_ENV) else None)
-        if data is None:
+        """Defaults < file < environment < flags (a flag given as None counts as absent)."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_read_file(config_file))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, raw in env.items():
+            if key.startswith(ENV_PREFIX) and raw != "":
+                name = key[len(ENV_PREFIX) :].lower()
+                if name not in fields:
+                    raise InvalidSettings(f"unknown setting in environment variable {key}")
+                values[name] = raw
+        for name, value in flags.items():
+            if name not in fields:
+                raise TypeError(f"unknown control plane setting {name!r}")
+            if value is not None:
+                values[name] = value
+        if not values.get("data_dir"):
             raise InvalidSettings(f"no data directory: pass --data or set {DATA_DIR_ENV}")
-        url = database_url or env.get(DATABASE_URL_ENV) or default_database_url(data)
-        return cls(
-            data_dir=data,
-            database_url=url,
-            host=host or env.get(HOST_ENV) or DEFAULT_HOST,
-            port=port if port is not None else _port(env.get(PORT_ENV)),
-            keys_dir=keys_dir or (Path(env[KEYS_DIR_ENV]) if env.get(KEYS_DIR_ENV) else None),
-        )
+        converted = {name: _convert(name, fields[name].type, v) for name, v in values.items()}
+        if not converted.get("database_url"):
+            converted["database_url"] = default_database_url(converted["data_dir"])
+        settings = cls(**converted)
+        if not 0 <= settings.port <= 65535:
+            raise InvalidSettings(f"port {settings.port} is outside 0-65535")
+        return settings
 
 
-def _port(raw: str | None) -> int:
-    if not raw:
-        return DEFAULT_PORT
+def _read_file(path: Path) -> dict[str, Any]:
     try:
-        port = int(raw)
-    except ValueError:
-        raise InvalidSettings(f"{PORT_ENV}={raw!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise InvalidSettings(f"{PORT_ENV}={port} is outside 0-65535")
-    return port
+        document = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise InvalidSettings(f"cannot read settings file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidSettings(f"{path} is not valid TOML: {error}") from None
+    unknown = sorted(set(document) - {f.name for f in dataclasses.fields(ControlPlaneSettings)})
+    if unknown:
+        raise InvalidSettings(f"{path}: unknown settings {', '.join(unknown)}")
+    return document
+
+
+def _convert(name: str, kind: object, value: Any) -> Any:
+    """A value from the file, environment or a flag, as the field's type."""
+    kind = str(kind)
+    try:
+        if kind.startswith("Path"):
+            return Path(value).expanduser() if value not in (None, "") else None
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        setting = ENV_PREFIX + name.upper()
+        raise InvalidSettings(
+            f"{name} (or {setting}) = {value!r} is not a valid {kind.split(' ')[0]}"
+        ) from None

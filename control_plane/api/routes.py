@@ -13,7 +13,7 @@ from control_plane import audit, tokens
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
 from control_plane.api.models import download_bundle, get_model_version, list_models, upload_model
-from control_plane.api.state import ACCESS, ENGINE
+from control_plane.api.state import ACCESS, DEVICE_ACCESS, ENGINE
 from control_plane.db.engine import open_session
 from control_plane.db.models import AuditEntry, OperatorToken
 from control_plane.roles import Role
@@ -34,13 +34,16 @@ class Endpoint:
     method: str
     path: str
     handler: Handler
-    role: Role | None  # None: public
+    role: Role | None  # None: public (unless `device`)
     summary: str
     status: int = 200
     response: str = ""  # a schema name in `control_plane.api.openapi`
     request: str = ""
     parameters: tuple[dict[str, Any], ...] = field(default=())
     errors: tuple[int, ...] = ()
+    # A request signed by an enrolled device is accepted too (with `role=None`: only such a
+    # request); when the path has `{device_id}`, only that device's own signature.
+    device: bool = False
 
 
 def token_json(token: OperatorToken) -> dict[str, Any]:
@@ -250,6 +253,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 def add_routes(app: web.Application, endpoints: tuple[Endpoint, ...]) -> None:
     """Register `endpoints` and remember each one's minimum role for the auth middleware."""
     access = app[ACCESS]
+    device_access = app[DEVICE_ACCESS]
     for endpoint in endpoints:
         route = app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
         access[route] = endpoint.role
+        device_access[route] = endpoint.device
