@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests and the demo need: Mosquitto (the tests start their own broker).
+# Debian packages the tests and the demo need: Mosquitto (the tests start their own broker) and
+# PostgreSQL (the control plane's tests start their own server from /usr/lib/postgresql/<ver>/bin).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 		($(SUDO) apt-get update && \
 		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients)
+	@command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || \
+		($(SUDO) apt-get update && \
+		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 lint: venv
 	$(BIN)/ruff check .

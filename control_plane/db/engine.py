@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -34,12 +34,25 @@ def default_database_url(data_dir: Path) -> str:
 def create_engine_for(url: str) -> AsyncEngine:
     """An async engine for `url`; SQLite connections get WAL and foreign keys switched on."""
     try:
-        engine = create_async_engine(make_url(url))
+        engine = create_async_engine(async_driver(make_url(url)))
     except (ArgumentError, SQLAlchemyError, ImportError) as error:
         raise DatabaseError(f"cannot use database URL {redact(url)}: {error}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+# The async driver each backend uses when a URL names none (`postgresql://` means psycopg2
+# to SQLAlchemy, which cannot run under asyncio).
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+
+
+def async_driver(url: URL) -> URL:
+    """`url` with the backend's async driver when it names no driver."""
+    backend = url.get_backend_name()
+    if url.drivername == backend and backend in _ASYNC_DRIVERS:
+        return url.set(drivername=f"{backend}+{_ASYNC_DRIVERS[backend]}")
+    return url
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -58,9 +71,21 @@ async def open_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     try:
         async with sessions() as session, session.begin():
+            await _connect(session, engine)
             yield session
     except SQLAlchemyError as error:
         raise DatabaseError(f"database error: {error}") from None
+
+
+async def _connect(session: AsyncSession, engine: AsyncEngine) -> None:
+    # A networked database's driver (asyncpg) raises OSError, which SQLAlchemy does not wrap,
+    # when the server is unreachable. Connecting before the caller's work starts keeps those
+    # apart from OSErrors of the caller's own (blob files, say), which must pass through as-is.
+    try:
+        await session.connection()
+    except OSError as error:
+        url = engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"cannot connect to {url}: {error}") from None
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -61,7 +61,8 @@ async def check_current(url: str) -> bool:
             current = await connection.run_sync(
                 lambda sync: set(MigrationContext.configure(sync).get_current_heads())
             )
-    except SQLAlchemyError as error:
+    # OSError: asyncpg's "cannot reach the server", which SQLAlchemy passes through unwrapped.
+    except (SQLAlchemyError, OSError) as error:
         raise DatabaseError(f"cannot read the schema version of {redact(url)}: {error}") from None
     finally:
         await engine.dispose()

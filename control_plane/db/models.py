@@ -347,4 +347,5 @@ class RolloutDevice(Base):
     wave: Mapped[int] = mapped_column(Integer)
     previous_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     state: Mapped[str] = mapped_column(String(20))
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

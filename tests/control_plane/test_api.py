@@ -31,9 +31,9 @@ async def secrets(engine: AsyncEngine) -> dict[str, str]:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, engine: AsyncEngine) -> AsyncIterator[Client]:
-    """A client of the API on the migrated database in tmp_path."""
-    settings = ControlPlaneSettings.build({}, data_dir=tmp_path)
+async def client(tmp_path: Path, database_url: str, engine: AsyncEngine) -> AsyncIterator[Client]:
+    """A client of the API on the migrated database (SQLite or PostgreSQL)."""
+    settings = ControlPlaneSettings.build({}, data_dir=tmp_path, database_url=database_url)
     async with TestClient(TestServer(build_app(settings))) as client:
         yield client
 

@@ -36,12 +36,16 @@ async def secrets(engine: AsyncEngine) -> dict[str, str]:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, engine: AsyncEngine, keys: KeySet) -> AsyncIterator[Client]:
+async def client(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, keys: KeySet
+) -> AsyncIterator[Client]:
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
     save_public(keys_dir / ROOT_PUB, keys.root.public)
     (keys_dir / KEYLIST).write_bytes(keys.document)
-    settings = ControlPlaneSettings.build({}, data_dir=tmp_path, keys_dir=keys_dir)
+    settings = ControlPlaneSettings.build(
+        {}, data_dir=tmp_path, database_url=database_url, keys_dir=keys_dir
+    )
     async with TestClient(TestServer(build_app(settings))) as client:
         yield client
 

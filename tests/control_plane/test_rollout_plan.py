@@ -75,7 +75,8 @@ def test_the_canary_holds_every_backend_class_even_when_small() -> None:
     assert len(waves[0]) == 4  # 2% of 100 is 2, raised to one per class
     assert len(waves[0]) + len(waves[1]) == 50  # cumulative percentage
     flat = [d for wave in waves for d in wave]
-    assert sorted(flat) == sorted(classes) and len(flat) == len(set(flat))  # each device once
+    assert sorted(flat) == sorted(classes)
+    assert len(flat) == len(set(flat))  # each device once
 
 
 def test_waves_that_stop_short_get_a_final_wave_with_the_rest() -> None:

@@ -230,6 +230,7 @@ def upgrade() -> None:
         sa.Column("wave", sa.Integer(), nullable=False),
         sa.Column("previous_digest", sa.String(length=64), nullable=True),
         sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["device_id"], ["devices.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["rollout_id"], ["rollouts.id"], ondelete="CASCADE"),
