@@ -18,10 +18,10 @@ from pathlib import Path
 from agent.bundle_builder import BuildRequest, build_bundle
 from agent.errors import AgentError
 from agent.runtimes.registry import RuntimeRegistry
-from agent.table import format_rows
 from shared.bundle import VerifiedBundle, read_unverified, verify_bundle
 from shared.key_directory import KeyDirectory, passphrase_from_env
 from shared.manifest import POLICIES, Manifest
+from shared.table import format_rows
 from shared.trust_errors import TrustError
 
 

@@ -7,15 +7,18 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
-from agent.table import format_rows
 from shared.errors import EdgeFleetError
+from shared.table import format_rows
 
 log = logging.getLogger(__name__)
+
+ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,6 +106,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--keylist", help="the signed key list (keylist.json)")
     run.set_defaults(func=_run)
 
+    enroll = commands.add_parser(
+        "enroll",
+        help="enroll this device with a control plane, using a one-time token",
+        description=(
+            "Make this device's key, have the control plane certify it (a one-time enrollment "
+            "token authenticates the request), verify the key list against the root key, and "
+            "store the identity in the state directory, where `agent run --state` finds it."
+        ),
+        epilog="example: edgefleet agent enroll --cp https://cp.example.com --token efe_... "
+        "--state /var/lib/edgefleet --root-key root.pub  (see docs/operations.md)",
+    )
+    enroll.add_argument("--cp", required=True, metavar="URL", help="the control plane's URL")
+    enroll.add_argument(
+        "--token", help=f"the enrollment token (default: ${ENROLL_TOKEN_ENV}, kept out of `ps`)"
+    )
+    enroll.add_argument(
+        "--state", "--state-dir", dest="state_dir", type=Path, required=True, metavar="DIR"
+    )
+    enroll.add_argument("--device-id", help="this device's id (default: the host name)")
+    enroll.add_argument(
+        "--root-key",
+        type=Path,
+        metavar="FILE",
+        help="the root public key to pin (root.pub); without it the control plane's root key "
+        "is trusted on first use",
+    )
+    enroll.add_argument("--force", action="store_true", help="replace an existing identity")
+    enroll.set_defaults(func=_enroll)
+
     probe = commands.add_parser(
         "probe",
         help="show this device's hardware and runtimes, or measure a model's backends",
@@ -136,9 +168,12 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options `serve` and `run` share: settings file, state, endpoint, identity, MQTT."""
     parser.add_argument("--config", type=Path, help="settings file (TOML); flags override it")
     parser.add_argument(
+        "--state",
         "--state-dir",
+        dest="state_dir",
         type=Path,
-        help="selection cache, bundle store, state file, event log, outbox",
+        help="state directory: identity (from `agent enroll`), selection cache, bundle store, "
+        "state file, event log, outbox",
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 8000)")
@@ -210,7 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.config import load_settings
+    from agent.identity import load_run_settings
     from agent.runner import build_production_agent
     from agent.server.app import serve
 
@@ -223,12 +258,35 @@ def _run(args: argparse.Namespace) -> int:
         },
     }
     try:
-        settings = load_settings(args.config, os.environ, overrides)
+        settings = load_run_settings(args.config, os.environ, overrides)
         agent = build_production_agent(settings)
     except (AgentError, EdgeFleetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     asyncio.run(serve(agent))
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from agent.enroll import EnrollOptions, enroll
+
+    token = args.token or os.environ.get(ENROLL_TOKEN_ENV, "")
+    if not token:
+        print(f"error: give the enrollment token: --token or ${ENROLL_TOKEN_ENV}", file=sys.stderr)
+        return 2
+    options = EnrollOptions(
+        cp_url=args.cp,
+        token=token,
+        state_dir=args.state_dir,
+        device_id=args.device_id or socket.gethostname(),
+        root_key=args.root_key,
+        force=args.force,
+    )
+    try:
+        asyncio.run(enroll(options, lambda line: print(line, file=sys.stderr, flush=True)))
+    except (AgentError, EdgeFleetError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

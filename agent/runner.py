@@ -3,7 +3,8 @@
 Wires the bundle path onto the serving agent: the trust store (pinned root key and signed key
 list), the durable state, the content-addressed store, the downloader, the activator and the
 assignment sync. The HTTP server is live at once; recovery (serving the last committed versions)
-and the sync loop run in the background, and readiness waits for the assigned models.
+and the sync loop run in the background, and readiness waits for the assigned models. An
+enrolled device (`agent.identity`) signs every request it makes to the control plane.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from agent.bundles.state import StateFile
 from agent.bundles.store import BundleStore
 from agent.bundles.sync import AssignmentSource, AssignmentSync
 from agent.config import AgentSettings, SettingsError
+from agent.identity import TRUSTED_KEYLIST as TRUSTED_KEYLIST  # the kept key list's name
+from agent.identity import request_signer
 from agent.model import ModelState
 from agent.runtimes.registry import RuntimeRegistry
 from agent.server.app import Agent, build_agent
-from shared.atomic import write_atomic
+from shared.atomic import PRIVATE, write_atomic
 from shared.keylist import SignedKeyList, TrustStore
 from shared.keys import load_public
 from shared.mqtt.commands import Command, CommandVerifier
@@ -39,7 +42,6 @@ from shared.mqtt.commands import Command, CommandVerifier
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
-TRUSTED_KEYLIST = "keylist.json"
 
 
 @dataclass
@@ -86,7 +88,7 @@ def load_trust(settings: AgentSettings) -> TrustStore:
         root = load_public(Path(bundles.root_key).expanduser())
         trust = TrustStore.bootstrap(root, configured)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(kept, trust.to_document())
+    write_atomic(kept, trust.to_document(), PRIVATE)  # as `agent enroll` writes it
     return trust
 
 
@@ -122,7 +124,9 @@ def _bundle_path(
         keeper = StateKeeper(
             state_file, await loop.run_in_executor(None, state_file.load), agent.executor
         )
-        async with aiohttp.ClientSession() as session:
+        # Enrolled devices sign every request to the control plane (assignments, bundles).
+        signer = await loop.run_in_executor(None, request_signer, settings)
+        async with aiohttp.ClientSession(middlewares=(signer,) if signer else ()) as session:
             downloader = BundleDownloader(
                 BundleStore(state_dir / "bundles"), session, agent.executor
             )

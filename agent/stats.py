@@ -13,13 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# The bounds and the quantile estimate are shared with the control plane, which merges these
+# histograms across devices: one definition keeps fleet and device figures in agreement.
+from shared.histogram import LATENCY_BUCKETS as LATENCY_BUCKETS
+from shared.histogram import quantile
+
 if TYPE_CHECKING:
     from agent.batching import ExecutionTimings
-
-# Request latency buckets in seconds: fixed, so histograms from many devices can be summed.
-# Each bound is 1.5x the previous (50 us to about 20 s): fine enough that a p95 read from the
-# histogram is within a few percent, which the probation gate's latency ratio relies on.
-LATENCY_BUCKETS: tuple[float, ...] = tuple(float(f"{5e-5 * 1.5**i:.3g}") for i in range(33))
 
 # Failure reasons, as Triton labels `nv_inference_request_failure`.
 FAILURE_REASONS = ("rejected", "canceled", "backend", "invalid", "other")
@@ -70,20 +70,7 @@ class LatencyHistogram:
 
     def quantile(self, q: float) -> float | None:
         """Estimate a quantile, interpolating inside its bucket; None with no observations."""
-        total = self.count
-        if total == 0:
-            return None
-        rank = q * total
-        seen = 0
-        lower = 0.0
-        for upper, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
-            if count and seen + count >= rank:
-                if upper == float("inf"):
-                    return lower
-                return lower + (upper - lower) * max(0.0, rank - seen) / count
-            seen += count
-            lower = upper
-        return lower
+        return quantile(self.counts, q)
 
 
 @dataclass(slots=True)

@@ -10,12 +10,20 @@ clause and say what happens next:
         ├── TokenError
         │   ├── UnknownToken          no operator token has that id; permanent
         │   └── InvalidRole           not one of viewer, operator, admin; permanent
-        └── ModelError
-            ├── InvalidBundle         the bundle failed verification; permanent
-            ├── BundleTooLarge        over the upload size cap; permanent
-            ├── VersionConflict       name+version exist with another digest; permanent
-            ├── UnknownModel          no such model version or bundle
-            └── KeysNotConfigured     no key directory; start with --keys
+        ├── ModelError
+        │   ├── InvalidBundle         the bundle failed verification; permanent
+        │   ├── BundleTooLarge        over the upload size cap; permanent
+        │   ├── VersionConflict       name+version exist with another digest; permanent
+        │   ├── UnknownModel          no such model version or bundle
+        │   └── KeysNotConfigured     no key directory; start with --keys
+        ├── DeviceError
+        │   ├── InvalidCsr            a CSR unreadable, badly signed, of a refused key type, or
+        │   │                         naming another device; permanent
+        │   ├── EnrollmentRefused     the enrollment token is unknown, expired or used; get a
+        │   │                         new token
+        │   ├── DeviceExists          the device id is enrolled and not revoked; revoke it first
+        │   └── UnknownDevice         no device has that id
+        └── CertificateAuthorityError the CA's files are unreadable or mismatched; restore them
 
 SQLAlchemy and Alembic exceptions are translated into `DatabaseError` in `control_plane.db`
 and never travel further.
@@ -72,3 +80,27 @@ class UnknownModel(ModelError):
 
 class KeysNotConfigured(ModelError):
     """The control plane has no key directory, so it cannot check release signatures."""
+
+
+class DeviceError(ControlPlaneError):
+    """An enrollment or device-inventory operation was refused."""
+
+
+class InvalidCsr(DeviceError):
+    """A certificate signing request cannot be signed; permanent for that CSR."""
+
+
+class EnrollmentRefused(DeviceError):
+    """The enrollment token is unknown, expired or already used; ask for a new one."""
+
+
+class DeviceExists(DeviceError):
+    """The device id is already enrolled and not revoked; revoke it before re-enrolling."""
+
+
+class UnknownDevice(DeviceError):
+    """No device has the given id."""
+
+
+class CertificateAuthorityError(ControlPlaneError):
+    """The CA's files are unreadable or do not belong together; restore them from a backup."""

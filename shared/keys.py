@@ -147,13 +147,17 @@ def save_public(path: Path, key: PublicKey) -> None:
 
 def load_public(path: Path) -> PublicKey:
     """Read a public key written by `save_public`; raise `KeyFileError` if it is not one."""
-    pem = _read(path)
+    return public_from_pem(_read(path), str(path))
+
+
+def public_from_pem(pem: bytes, where: str = "public key") -> PublicKey:
+    """An Ed25519 public key from PEM bytes (`root.pub`); `KeyFileError` naming `where`."""
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError:
-        raise KeyFileError(f"{path}: not a PEM public key") from None
+        raise KeyFileError(f"{where}: not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path}: holds a {type(key).__name__}, not an Ed25519 key")
+        raise KeyFileError(f"{where}: holds a {type(key).__name__}, not an Ed25519 key")
     return PublicKey(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 

@@ -1,8 +1,9 @@
 """Following the device's assignment: fetch it, verify it, and bring every model to it.
 
-The assignment comes from a URL (the control plane; polled with jitter and `If-None-Match`) or
-a file (air-gapped devices, tests). Each new document must pass `shared.assignment`'s checks
-(signature by the assignment key, this device, a serial above the last accepted one, not
+The assignment comes from a URL (the control plane; polled with jitter and `If-None-Match`, as
+a long poll: the control plane holds the request until the document changes or `?wait=` seconds
+pass) or a file (air-gapped devices, tests). Each new document must pass `shared.assignment`'s
+checks (signature by the assignment key, this device, a serial above the last accepted one, not
 expired); the accepted document is kept in the agent's state, so the same document fetched
 again after a restart is recognised rather than refused as a replay. Every poll reconciles the
 models with the last accepted assignment, so a download that failed is retried.
@@ -34,14 +35,19 @@ from shared.keylist import TrustStore
 log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 30.0  # on top of the time a long poll may be held
 
 
 class AssignmentSource(abc.ABC):
     """Where the signed assignment document comes from."""
 
     @abc.abstractmethod
-    async def fetch(self) -> bytes | None:
-        """The document if it may have changed since the last fetch, else None."""
+    async def fetch(self, wait_s: float = 0.0) -> bytes | None:
+        """The document if it may have changed since the last fetch, else None.
+
+        `wait_s`: how long the source may hold the call waiting for a change (a long poll);
+        sources that cannot wait answer at once.
+        """
 
     @staticmethod
     def for_location(
@@ -61,8 +67,8 @@ class FileAssignmentSource(AssignmentSource):
         self._executor = executor
         self._last: bytes | None = None
 
-    async def fetch(self) -> bytes | None:
-        """The file's content when it changed; None when unchanged or absent."""
+    async def fetch(self, wait_s: float = 0.0) -> bytes | None:
+        """The file's content when it changed; None when unchanged or absent (never waits)."""
         loop = asyncio.get_running_loop()
         try:
             data = await loop.run_in_executor(self._executor, self.path.read_bytes)
@@ -83,11 +89,20 @@ class HttpAssignmentSource(AssignmentSource):
         self._session = session
         self._etag: str | None = None
 
-    async def fetch(self) -> bytes | None:
-        """The document on 200; None on 304 (unchanged)."""
-        headers = {"If-None-Match": self._etag} if self._etag else {}
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with self._session.get(self.url, headers=headers, timeout=timeout) as response:
+    async def fetch(self, wait_s: float = 0.0) -> bytes | None:
+        """The document on 200; None on 304 (unchanged, possibly after `wait_s` held)."""
+        headers: dict[str, str] = {}
+        params: dict[str, str] = {}
+        if self._etag:
+            headers["If-None-Match"] = self._etag
+            if wait_s > 0:  # only a request with an ETag has a change to wait for
+                params["wait"] = f"{wait_s:g}"
+        # The server caps the wait (long_poll_max_s); this client allows the full wait asked.
+        held = wait_s if params else 0.0
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S + held)
+        async with self._session.get(
+            self.url, headers=headers, params=params, timeout=timeout
+        ) as response:
             if response.status == 304:
                 return None
             response.raise_for_status()
@@ -125,6 +140,7 @@ class AssignmentSync:
         self._expired_serial: int | None = None
         self._wake = asyncio.Event()
         self._healthy = True
+        self._fetch_s = 0.0  # how long the last fetch took (a long poll is held that long)
 
     @property
     def healthy(self) -> bool:
@@ -159,15 +175,22 @@ class AssignmentSync:
             # Cleared before syncing: a trigger that arrives during the sync runs another one.
             self._wake.clear()
             await self.sync_once()
-            delay = self.interval_s * random.uniform(0.8, 1.2)
+            # Time a long poll was held counts as waiting: a source that waits for changes is
+            # asked again at once, one that answers at once still every interval.
+            delay = max(0.0, self.interval_s * random.uniform(0.8, 1.2) - self._fetch_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def sync_once(self) -> None:
         """Fetch, verify and apply the assignment once; errors are logged, never raised."""
         self.polls += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            document = await self.source.fetch()
+            try:
+                document = await self.source.fetch(self.interval_s)
+            finally:
+                self._fetch_s = loop.time() - started
             if document is not None:
                 await self._accept(document)
             if self.assignment is not None and self._current(self.assignment):

@@ -12,16 +12,30 @@ from pathlib import Path
 from aiohttp import web
 
 from control_plane.api.auth import auth_middleware
+from control_plane.api.device_auth import setup_device_identity
 from control_plane.api.middleware import error_middleware
 from control_plane.api.openapi import ALL_ENDPOINTS
 from control_plane.api.routes import add_routes
-from control_plane.api.state import ACCESS, DEVICE_ACCESS, ENGINE, MQTT, SETTINGS
+from control_plane.api.state import (
+    ACCESS,
+    ASSIGNMENTS,
+    DEVICE_ACCESS,
+    ENGINE,
+    MQTT,
+    ROLLOUTS,
+    SETTINGS,
+)
+from control_plane.api.telemetry import ingest_context, retention_context
+from control_plane.assignments import AssignmentKeyError, AssignmentService, load_signer
 from control_plane.db.engine import create_engine_for, redact, sqlite_file
 from control_plane.db.migrate import check_current
 from control_plane.errors import SchemaOutOfDate
+from control_plane.rollouts import RolloutController
 from control_plane.settings import ControlPlaneSettings
 from shared.http_server import serve_until_stopped
+from shared.key_directory import KeyDirectory, passphrase_from_env
 from shared.mqtt.client import MqttClient, MqttSettings
+from shared.trust_errors import KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +49,13 @@ def build_app(settings: ControlPlaneSettings) -> web.Application:
     add_routes(app, ALL_ENDPOINTS)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_broker)
+    app.cleanup_ctx.append(ingest_context)  # after the database and the broker
+    app.cleanup_ctx.append(retention_context)
+    setup_device_identity(app)  # after the database: the CRL is rewritten from it
+    app.cleanup_ctx.append(_assignments)
+    app.cleanup_ctx.append(_rollouts)  # after the assignments it reissues through
+    # Long polls end when the server stops, not when aiohttp's shutdown timeout runs out.
+    app.on_shutdown.append(_end_long_polls)
     return app
 
 
@@ -70,6 +91,58 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.stop()
+
+
+async def _assignments(app: web.Application) -> AsyncIterator[None]:
+    """The assignment service and its reconciler, when the key directory has assignment.key."""
+    settings = app[SETTINGS]
+    if settings.keys_dir is None:
+        log.info("no key directory: assignments are disabled (start with --keys)")
+        yield
+        return
+    keys = KeyDirectory(settings.keys_dir)
+    try:
+        passphrase = passphrase_from_env(settings.keys_passphrase_env or None, os.environ)
+    except KeyFileError as error:
+        raise AssignmentKeyError(f"cannot use the assignment key: {error}") from None
+    signer = await asyncio.to_thread(load_signer, keys, passphrase)
+    if signer is None:
+        log.warning("no %s: assignments are disabled", keys.key_file("assignment"))
+        yield
+        return
+    service = AssignmentService(settings, app[ENGINE], signer, app[MQTT])
+    app[ASSIGNMENTS] = service
+    # Reconciling at start heals a desired-state change committed just before a crash.
+    task = asyncio.create_task(service.run_reconciler(), name="edgefleet-assignments")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        service.close()
+
+
+async def _rollouts(app: web.Application) -> AsyncIterator[None]:
+    """The rollout controller, which picks running rollouts up from the database at start."""
+    service = app.get(ASSIGNMENTS)
+    if service is None:
+        yield
+        return
+    settings = app[SETTINGS]
+    controller = RolloutController(app[ENGINE], service, settings.rollout_tick_s)
+    app[ROLLOUTS] = controller
+    task = asyncio.create_task(controller.run(), name="edgefleet-rollouts")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    service = app.get(ASSIGNMENTS)
+    if service is not None:
+        service.close()
 
 
 def broker_settings(settings: ControlPlaneSettings) -> MqttSettings:

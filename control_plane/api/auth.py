@@ -1,7 +1,10 @@
-"""Bearer-token authentication and the per-route minimum role.
+"""Bearer-token and device authentication, and the per-route minimum role.
 
 Every route is registered with its minimum role (`None`: public). A route that was never
 registered through `control_plane.api.routes` is treated as admin-only: access fails closed.
+A route registered with `device=True` also accepts a request signed by an enrolled device
+(`shared.device_auth`; checked in `control_plane.api.device_auth`); without the device headers
+such a route falls back to the bearer token (or, when its role is None, refuses).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from control_plane import tokens
+from control_plane.api.device_auth import authenticate_device
 from control_plane.api.errors import AuthenticationRequired, PermissionDenied
-from control_plane.api.state import ACCESS, CALLER, ENGINE
+from control_plane.api.state import ACCESS, CALLER, DEVICE, DEVICE_ACCESS, ENGINE
 from control_plane.db.engine import open_session
 from control_plane.db.models import OperatorToken
 from control_plane.roles import Role, allows
+from shared.device_auth import DeviceAuthError, SignedRequest
 
 SCHEME = "bearer"
 
@@ -31,10 +36,21 @@ def actor(token: OperatorToken) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate the bearer token and check the route's minimum role."""
+    """Authenticate the device signature or the bearer token; check the route's minimum role."""
     if request.match_info.http_exception is not None:
         return await handler(request)  # 404 / 405: nothing to protect
-    required = request.app[ACCESS].get(request.match_info.route, Role.ADMIN)
+    route = request.match_info.route
+    required = request.app[ACCESS].get(route, Role.ADMIN)
+    if request.app[DEVICE_ACCESS].get(route, False):
+        signed = _device_signature(request)
+        if signed is not None:
+            request[DEVICE] = await authenticate_device(request, signed)
+            return await handler(request)
+        if required is None:
+            raise AuthenticationRequired(
+                "this route needs a request signed by an enrolled device "
+                "(X-EdgeFleet-Device, -Time, -Nonce and -Signature headers)"
+            )
     if required is None:
         return await handler(request)
     secret = _bearer_secret(request)
@@ -49,6 +65,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     request[CALLER] = token
     return await handler(request)
+
+
+def _device_signature(request: web.Request) -> SignedRequest | None:
+    try:
+        return SignedRequest.from_headers(request.headers)
+    except DeviceAuthError as error:
+        raise AuthenticationRequired(str(error)) from None
 
 
 def _bearer_secret(request: web.Request) -> str:

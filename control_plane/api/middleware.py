@@ -15,13 +15,19 @@ from control_plane.errors import (
     BundleTooLarge,
     ControlPlaneError,
     DatabaseError,
+    DeviceExists,
+    EnrollmentRefused,
     InvalidBundle,
+    InvalidCsr,
     InvalidRole,
     KeysNotConfigured,
+    UnknownDevice,
     UnknownModel,
     UnknownToken,
     VersionConflict,
 )
+from control_plane.rollout_plan import InvalidRollout
+from control_plane.rollouts import RolloutConflict, UnknownRollout
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +41,15 @@ _STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
     (InvalidBundle, 400),
     (UnknownModel, 404),
     (VersionConflict, 409),
+    (InvalidRollout, 400),
+    (UnknownRollout, 404),
+    (RolloutConflict, 409),
     (BundleTooLarge, 413),
     (KeysNotConfigured, 503),
+    (InvalidCsr, 400),
+    (EnrollmentRefused, 401),
+    (DeviceExists, 409),
+    (UnknownDevice, 404),
     (DatabaseError, 503),
 )
 

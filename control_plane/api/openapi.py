@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from control_plane.api import assignments, devices, rollouts, telemetry
 from control_plane.api.routes import BINARY, ENDPOINTS, PREFIX, Endpoint
 from control_plane.roles import Role
 
@@ -95,6 +96,21 @@ SCHEMAS: dict[str, Any] = {
             "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}
         },
     },
+    **assignments.SCHEMAS,
+    **devices.SCHEMAS,
+    **telemetry.SCHEMAS,
+    **rollouts.SCHEMAS,
+}
+
+# The X-EdgeFleet-* request signature of `shared.device_auth`; OpenAPI has no scheme for it,
+# so it is described as the header that carries it.
+DEVICE_SCHEME = {
+    "device": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-EdgeFleet-Signature",
+        "description": "a request signed by an enrolled device (shared.device_auth)",
+    }
 }
 
 _ERROR_TEXT = {
@@ -116,7 +132,14 @@ async def openapi_document(request: web.Request) -> web.Response:
 OPENAPI = Endpoint(
     "GET", f"{PREFIX}/openapi.json", openapi_document, None, "This document", response=""
 )
-ALL_ENDPOINTS: tuple[Endpoint, ...] = (*ENDPOINTS, OPENAPI)
+ALL_ENDPOINTS: tuple[Endpoint, ...] = (
+    *ENDPOINTS,
+    *assignments.ENDPOINTS,
+    *devices.ENDPOINTS,
+    *telemetry.ENDPOINTS,
+    *rollouts.ENDPOINTS,
+    OPENAPI,
+)
 
 
 def build_document(endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS) -> dict[str, Any]:
@@ -130,7 +153,7 @@ def build_document(endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS) -> dict[str,
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, **DEVICE_SCHEME},
         },
     }
 
@@ -143,7 +166,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     )
     responses: dict[str, Any] = {str(endpoint.status): {"description": "OK", "content": content}}
     errors = set(endpoint.errors) | {503}
-    if endpoint.role is not None:
+    if endpoint.role is not None or endpoint.device:
         errors |= {401, 403}
     for status in sorted(errors):
         responses[str(status)] = {
@@ -158,6 +181,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     }
     if endpoint.role is not None:
         operation["x-minimum-role"] = endpoint.role.value
+    if endpoint.device:  # a device's signature is accepted too (see docs/operations.md)
+        operation["security"] = [*operation["security"], {"device": []}]
     if endpoint.parameters:
         operation["parameters"] = list(endpoint.parameters)
     if endpoint.request:

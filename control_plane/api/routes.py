@@ -85,7 +85,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     """Issue a token; the response is the only place its secret ever appears."""
-    name, role = _token_request(await _json_object(request))
+    name, role = _token_request(await json_object(request))
     async with open_session(request.app[ENGINE]) as session:
         token, secret = await tokens.issue_token(session, name, role)
         await audit.record(
@@ -103,7 +103,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke a token; revoking one already revoked changes (and audits) nothing."""
-    token_id = _int(request.match_info["id"], "token id")
+    token_id = parse_int(request.match_info["id"], "token id")
     async with open_session(request.app[ENGINE]) as session:
         token = await tokens.get_token(session, token_id)
         if token.revoked_at is None:
@@ -124,7 +124,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     """The newest audit entries first, at most `?limit=` of them."""
     raw = request.query.get("limit")
-    limit = DEFAULT_AUDIT_LIMIT if raw is None else _int(raw, "limit")
+    limit = DEFAULT_AUDIT_LIMIT if raw is None else parse_int(raw, "limit")
     if not 1 <= limit <= MAX_AUDIT_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {MAX_AUDIT_LIMIT}")
     async with open_session(request.app[ENGINE]) as session:
@@ -132,7 +132,8 @@ async def list_audit(request: web.Request) -> web.Response:
         return web.json_response({"entries": [audit_json(e) for e in rows]})
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or `InvalidRequest`."""
     try:
         body = await request.json()
     except ValueError:
@@ -152,7 +153,8 @@ def _token_request(body: dict[str, Any]) -> tuple[str, Role]:
     return name, Role.parse(role)
 
 
-def _int(raw: str, what: str) -> int:
+def parse_int(raw: str, what: str) -> int:
+    """A path or query value as an integer, or `InvalidRequest` naming it."""
     try:
         return int(raw)
     except ValueError:
@@ -246,6 +248,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Download a bundle (ETag = digest; Range and If-None-Match supported)",
         parameters=(_DIGEST,),
         errors=(404,),
+        device=True,
     ),
 )
 

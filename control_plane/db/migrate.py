@@ -33,7 +33,16 @@ def alembic_config(url: str) -> Config:
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
-    """Apply every migration up to `revision` to the database at `url`."""
+    """Apply every migration up to `revision` to the database at `url`.
+
+    Alembic is synchronous: it imports the revision scripts and runs DDL through `run_sync`,
+    which would hold the caller's event loop for the whole migration. It runs on an event
+    loop of its own in a worker thread instead.
+    """
+    await asyncio.to_thread(asyncio.run, _upgrade(url, revision))
+
+
+async def _upgrade(url: str, revision: str) -> None:
     config = alembic_config(url)
     engine = create_engine_for(url)
 
