@@ -63,6 +63,7 @@ def envelopes(messages: int, devices: int) -> list[tuple[str, bytes]]:
 
 
 async def publish_all(client: MqttClient, batch: list[tuple[str, bytes]]) -> None:
+    """Publish every message at QoS 1, `WINDOW` at a time."""
     for start in range(0, len(batch), WINDOW):
         window = batch[start : start + WINDOW]
         await asyncio.gather(*(client.publish(topic, body) for topic, body in window))
@@ -71,7 +72,7 @@ async def publish_all(client: MqttClient, batch: list[tuple[str, bytes]]) -> Non
 async def timed(
     broker: MosquittoBroker, batch: list[tuple[str, bytes]], done: Callable[[], bool]
 ) -> float:
-    """Seconds from the first publish until `done()`."""
+    """Publish `batch` from a new client; seconds from the first publish until `done()`."""
     async with MqttClient(MqttSettings(broker.url, f"bench-pub-{uuid.uuid4().hex[:6]}")) as pub:
         await pub.wait_connected(10)
         started = time.perf_counter()
@@ -83,6 +84,7 @@ async def timed(
 
 
 async def broker_only(broker: MosquittoBroker, batch: list[tuple[str, bytes]]) -> float:
+    """The baseline: seconds until a subscriber that only counts has every message."""
     received = 0
 
     def count(message: Message) -> None:
@@ -100,6 +102,7 @@ async def broker_only(broker: MosquittoBroker, batch: list[tuple[str, bytes]]) -
 async def through_ingest(
     broker: MosquittoBroker, batch: list[tuple[str, bytes]], url: str, devices: int
 ) -> float:
+    """Seconds until the ingest has stored every message in the (empty) database at `url`."""
     await upgrade(url)
     engine = create_engine_for(url)
     try:
@@ -122,6 +125,7 @@ async def through_ingest(
 
 
 async def main(messages: int, devices: int, postgres_url: str | None) -> None:
+    """Run the three measurements against one broker and print the table."""
     batch = envelopes(messages, devices)
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as scratch:
         root = Path(scratch)

@@ -154,20 +154,18 @@ def _sample(entry: Any, interval: float) -> Sample:
 
 
 def _one_per_model(samples: list[Sample], rejected: list[str]) -> list[Sample]:
-    """At most one sample per model name: what `TelemetrySample` keys a message's rows by.
+    """At most one sample per model version, the key of `TelemetrySample` rows.
 
-    During a probation the previous version stays loaded and reports too, idle; the version
-    with the most requests is kept (on a tie the newer one) and the other counted as rejected.
+    During a probation the previous version stays loaded and reports too: both are kept. The
+    same version twice in one message is malformed; the first is kept, the other rejected.
     """
-    kept: dict[str, Sample] = {}
+    kept: dict[tuple[str, int], Sample] = {}
     for sample in samples:
-        other = kept.get(sample.model)
-        if other is None:
-            kept[sample.model] = sample
+        key = (sample.model, sample.version)
+        if key in kept:
+            rejected.append("sample.duplicate_version")
             continue
-        rejected.append("sample.same_model")
-        if (sample.requests, sample.version) > (other.requests, other.version):
-            kept[sample.model] = sample
+        kept[key] = sample
     return list(kept.values())
 
 

@@ -130,13 +130,13 @@ async def activation_outcomes(
         )
         newest: dict[str, tuple[str | None, Any]] = {}
         for device_id, name, payload in await session.execute(events):
-            newest[device_id] = (name, payload)
-        statuses = select(Device.id, Device.models).where(Device.id.in_(chunk))
+            newest[device_id] = (name, payload)  # ordered by time: the last one wins
+        for device_id, (name, payload) in newest.items():
+            outcomes[device_id] = _lifecycle_outcome(name, payload, version)
+        silent = [device_id for device_id in chunk if device_id not in newest]
+        statuses = select(Device.id, Device.models).where(Device.id.in_(silent))
         for device_id, models in await session.execute(statuses):
-            if device_id in newest:
-                name, payload = newest[device_id]
-                outcomes[device_id] = _lifecycle_outcome(name, payload, version)
-            elif _reports_ready(models, model, version):
+            if _reports_ready(models, model, version):
                 outcomes[device_id] = ACTIVE
     return outcomes
 

@@ -120,7 +120,7 @@ class IngestStore:
             elif isinstance(message.body, Event):
                 events.append(_event_row(message, message.body))
         new_samples = await self._insert_new(
-            session, TelemetrySample.__table__, samples, ("device_id", "seq", "model")
+            session, TelemetrySample.__table__, samples, ("device_id", "seq", "model", "version")
         )
         new_events = await self._insert_new(
             session, DeviceEvent.__table__, events, ("device_id", "seq")

@@ -231,14 +231,17 @@ class PresenceChange(Base):
 
 
 class TelemetrySample(Base):
-    """One model's figures from one telemetry message (a message covers several models).
+    """One model version's figures from one telemetry message (which covers several).
 
-    (device_id, seq, model) is unique, so a message delivered twice (QoS 1) is stored once.
+    (device_id, seq, model, version) is unique, so a message delivered twice (QoS 1) is stored
+    once; during a probation both versions of a model report in one message.
     """
 
     __tablename__ = "telemetry_samples"
     __table_args__ = (
-        UniqueConstraint("device_id", "seq", "model", name="uq_telemetry_device_seq_model"),
+        UniqueConstraint(
+            "device_id", "seq", "model", "version", name="uq_telemetry_device_seq_model_version"
+        ),
         Index("ix_telemetry_model_version_time", "model", "version", "time"),
     )
 

@@ -97,6 +97,7 @@ async def replica(
 
 
 async def publish(client: MqttClient, kind: str, device: str, seq: int, payload: Any) -> None:
+    """Publish one envelope as `device` would."""
     await client.publish(device_topic(device, kind), envelope(kind, device, seq, payload))
 
 
@@ -347,11 +348,13 @@ class NoClient(MqttClient):
 
 
 def writer(store: Any, **options: Any) -> IngestService:
+    """An ingest whose messages the test hands to `receive` itself."""
     settings = IngestSettings(batch_delay_s=0.01, retry_base_s=0.01, **options)
     return IngestService(NoClient(), store, settings)
 
 
 def telemetry_messages(device: str, seqs: range) -> list[Message]:
+    """One-model telemetry messages from `device` with these sequence numbers."""
     return [message("telemetry", device, seq, telemetry(model_entry())) for seq in seqs]
 
 
@@ -426,19 +429,23 @@ async def test_messages_are_written_in_batches(engine: AsyncEngine, device: str)
     assert ingest.stats.batches == 3
 
 
-async def test_a_probation_reports_one_sample_per_model(engine: AsyncEngine, device: str) -> None:
-    """Both versions report during a probation; the rows are keyed by model, so one is kept."""
+async def test_a_probation_keeps_both_versions_and_refuses_a_repeated_one(
+    engine: AsyncEngine, device: str
+) -> None:
+    """Both versions report during a probation; the same version twice is malformed."""
     await enroll(engine, device)
     ingest = writer(IngestStore(engine))
     await ingest.start()
     try:
         busy, idle = model_entry("mlp", 2, requests=40), model_entry("mlp", 1, requests=0)
-        ingest.receive(message("telemetry", device, 1, telemetry(idle, busy)))
+        again = model_entry("mlp", 2, requests=7)
+        ingest.receive(message("telemetry", device, 1, telemetry(idle, busy, again)))
         await until(lambda: ingest.stats.stored == 1, 10)
     finally:
         await ingest.stop()
-    assert [(s.version, s.requests) for s in await samples(engine, device)] == [(2, 40)]
-    assert ingest.stats.rejected_samples == {"sample.same_model": 1}
+    rows = sorted((s.version, s.requests) for s in await samples(engine, device))
+    assert rows == [(1, 0), (2, 40)]
+    assert ingest.stats.rejected_samples == {"sample.duplicate_version": 1}
 
 
 @pytest.mark.parametrize(

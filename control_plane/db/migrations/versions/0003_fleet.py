@@ -103,7 +103,9 @@ def upgrade() -> None:
         sa.Column("latency_counts", sa.JSON(), nullable=False),
         sa.Column("throughput_rps", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("device_id", "seq", "model", name="uq_telemetry_device_seq_model"),
+        sa.UniqueConstraint(
+            "device_id", "seq", "model", "version", name="uq_telemetry_device_seq_model_version"
+        ),
     )
     with op.batch_alter_table("telemetry_samples", schema=None) as batch_op:
         batch_op.create_index(
