@@ -59,6 +59,12 @@ def device_summary(device: Device, groups: list[str], labels: dict[str, str]) ->
         "backend_class": device.backend_class,
         "enrolled_at": _time(device.enrolled_at),
         "revoked_at": _time(device.revoked_at),
+        # What it reported serving, without the selection details the detail view shows.
+        "models": [
+            {key: m.get(key) for key in ("model", "version", "state", "backend")}
+            for m in device.models or []
+            if isinstance(m, dict)
+        ],
     }
 
 
@@ -79,7 +85,7 @@ async def device_detail(session: AsyncSession, device: Device) -> dict[str, Any]
     return {
         **device_summary(device, groups, labels),
         "hardware": device.hardware,
-        "models": device.models,
+        "models": device.models,  # in full, with each model's selection
         "certificates": certificates,
     }
 
@@ -211,6 +217,7 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
     "backend_class": {"type": "string"},
     "enrolled_at": _TIME,
     "revoked_at": _NULLABLE_TIME,
+    "models": {"type": "array", "items": {"type": "object"}},
 }
 
 SCHEMAS: dict[str, Any] = {
