@@ -189,5 +189,7 @@ def status_payload(
             "memory_bytes": hardware.memory_bytes,
             "gpus": [g.name for g in hardware.gpus],
             "fingerprint": hardware.fingerprint(),
+            # The inference runtimes installed here and their versions, for the inventory.
+            "runtimes": {r.name: r.version for r in hardware.runtimes if r.installed},
         },
     }
