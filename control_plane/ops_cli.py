@@ -359,7 +359,10 @@ async def _devices_show(client: ControlPlaneClient, args: argparse.Namespace) ->
         ("backend class", device.get("backend_class") or "-"),
         ("cpu", f"{hardware.get('cpu_model', '-')} ({hardware.get('logical_cores', '?')} cores)"),
         ("gpus", ", ".join(hardware.get("gpus") or []) or "-"),
-        ("runtimes", ", ".join(f"{k} {v}" for k, v in (hardware.get("runtimes") or {}).items())),
+        (
+            "runtimes",
+            ", ".join(f"{k} {v}" for k, v in (hardware.get("runtimes") or {}).items()) or "-",
+        ),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
