@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane import audit
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
-from control_plane.api.routes import PREFIX, Endpoint, json_object
+from control_plane.api.routes import DEVICE_ID_PARAMETER, DEVICE_PATH, Endpoint, json_object
 from control_plane.api.state import ASSIGNMENTS, ENGINE, SETTINGS
 from control_plane.assignments import AssignmentsDisabled, AssignmentService, set_desired
 from control_plane.db.engine import open_session
@@ -212,7 +212,6 @@ def _version(body: dict[str, Any]) -> int:
     return version
 
 
-_DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _WAIT = {
     "name": WAIT_PARAMETER,
@@ -272,49 +271,48 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-_DEVICE = f"{PREFIX}/devices/{{device_id}}"
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET",
-        f"{_DEVICE}/assignment",
+        f"{DEVICE_PATH}/assignment",
         get_assignment,
         Role.VIEWER,
         "The device's signed assignment (ETag; 304 on If-None-Match; ?wait= long-polls)",
         response="SignedAssignment",
-        parameters=(_DEVICE_ID, _WAIT),
+        parameters=(DEVICE_ID_PARAMETER, _WAIT),
         errors=(400, 404),
         device=True,
     ),
     Endpoint(
         "GET",
-        f"{_DEVICE}/models",
+        f"{DEVICE_PATH}/models",
         list_device_models,
         Role.VIEWER,
         "The device's desired models and its current assignment serial",
         response="DeviceModels",
-        parameters=(_DEVICE_ID,),
+        parameters=(DEVICE_ID_PARAMETER,),
         errors=(404,),
     ),
     Endpoint(
         "PUT",
-        f"{_DEVICE}/models/{{model}}",
+        f"{DEVICE_PATH}/models/{{model}}",
         set_device_model,
         Role.OPERATOR,
         "Assign a model version to the device and reissue its assignment",
         response="DeviceModels",
         request="DesiredVersion",
-        parameters=(_DEVICE_ID, _MODEL),
+        parameters=(DEVICE_ID_PARAMETER, _MODEL),
         errors=(400, 404),
     ),
     Endpoint(
         "DELETE",
-        f"{_DEVICE}/models/{{model}}",
+        f"{DEVICE_PATH}/models/{{model}}",
         remove_device_model,
         Role.OPERATOR,
         "Stop assigning a model to the device and reissue its assignment",
         response="DeviceModels",
-        parameters=(_DEVICE_ID, _MODEL),
+        parameters=(DEVICE_ID_PARAMETER, _MODEL),
         errors=(404,),
     ),
 )

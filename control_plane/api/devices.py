@@ -17,7 +17,15 @@ from control_plane.api.auth import actor, caller
 from control_plane.api.device_auth import DEVICE_IDENTITY
 from control_plane.api.enroll import parse_groups, parse_labels, parse_region
 from control_plane.api.errors import InvalidRequest
-from control_plane.api.routes import PREFIX, Endpoint, json_object, parse_int
+from control_plane.api.routes import (
+    DEVICE_ID_PARAMETER,
+    PREFIX,
+    Endpoint,
+    iso_time,
+    json_object,
+    parse_int,
+    query_parameter,
+)
 from control_plane.api.state import ENGINE
 from control_plane.db.engine import open_session
 from control_plane.db.models import Device, utcnow
@@ -42,10 +50,6 @@ MAX_QUERY_CHARS = 200
 STATUSES = {"online": True, "offline": False}
 
 
-def _time(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def device_summary(device: Device, groups: list[str], labels: dict[str, str]) -> dict[str, Any]:
     """A device as the list shows it."""
     return {
@@ -54,11 +58,11 @@ def device_summary(device: Device, groups: list[str], labels: dict[str, str]) ->
         "groups": groups,
         "labels": labels,
         "online": device.online,
-        "last_seen_at": _time(device.last_seen_at),
+        "last_seen_at": iso_time(device.last_seen_at),
         "agent_version": device.agent_version,
         "backend_class": device.backend_class,
-        "enrolled_at": _time(device.enrolled_at),
-        "revoked_at": _time(device.revoked_at),
+        "enrolled_at": iso_time(device.enrolled_at),
+        "revoked_at": iso_time(device.revoked_at),
         # What it reported serving, without the selection details the detail view shows.
         "models": [
             {key: m.get(key) for key in ("model", "version", "state", "backend")}
@@ -75,10 +79,10 @@ async def device_detail(session: AsyncSession, device: Device) -> dict[str, Any]
     certificates = [
         {
             "serial": c.serial,
-            "issued_at": _time(c.issued_at),
-            "not_after": _time(c.not_after),
+            "issued_at": iso_time(c.issued_at),
+            "not_after": iso_time(c.not_after),
             "revoked": c.revoked_at is not None,
-            "revoked_at": _time(c.revoked_at),
+            "revoked_at": iso_time(c.revoked_at),
         }
         for c in await certificates_of(session, device.id)
     ]
@@ -285,29 +289,20 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
 _STRING = {"type": "string"}
-_DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": _STRING}
 _LIST_PARAMETERS = (
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (100)"),
-    _query("offset", {"type": "integer", "minimum": 0}, "devices to skip"),
-    _query("after", _STRING, "cursor: only ids after this one (next_cursor)"),
-    _query("group", _STRING, "member of this group"),
-    _query("label", _STRING, "KEY=VALUE; repeat to require several"),
-    _query("status", {"type": "string", "enum": list(STATUSES)}, "online or offline"),
-    _query("backend", _STRING, "backend class: gpu, openvino, arm-cpu, x86-cpu, unknown"),
-    _query("region", _STRING, "in this region"),
-    _query("model", _STRING, "reported serving this model"),
-    _query("q", _STRING, "substring of the device id"),
+    query_parameter(
+        "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (100)"
+    ),
+    query_parameter("offset", {"type": "integer", "minimum": 0}, "devices to skip"),
+    query_parameter("after", _STRING, "cursor: only ids after this one (next_cursor)"),
+    query_parameter("group", _STRING, "member of this group"),
+    query_parameter("label", _STRING, "KEY=VALUE; repeat to require several"),
+    query_parameter("status", {"type": "string", "enum": list(STATUSES)}, "online or offline"),
+    query_parameter("backend", _STRING, "backend class: gpu, openvino, arm-cpu, x86-cpu, unknown"),
+    query_parameter("region", _STRING, "in this region"),
+    query_parameter("model", _STRING, "reported serving this model"),
+    query_parameter("q", _STRING, "substring of the device id"),
 )
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -329,7 +324,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Role.VIEWER,
         "One device's inventory (also readable by the device itself)",
         response="Device",
-        parameters=(_DEVICE_ID,),
+        parameters=(DEVICE_ID_PARAMETER,),
         errors=(404,),
         device=True,
     ),
@@ -341,7 +336,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Set a device's groups, labels or region",
         response="Device",
         request="DevicePatch",
-        parameters=(_DEVICE_ID,),
+        parameters=(DEVICE_ID_PARAMETER,),
         errors=(400, 404),
     ),
     Endpoint(
@@ -351,7 +346,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Role.ADMIN,
         "Revoke a device and all its certificates (rewrites the CRL)",
         response="Device",
-        parameters=(_DEVICE_ID,),
+        parameters=(DEVICE_ID_PARAMETER,),
         errors=(404,),
     ),
     Endpoint(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
-from control_plane.api.routes import PREFIX, Endpoint, json_object, parse_int
+from control_plane.api.routes import PREFIX, Endpoint, iso_time, json_object, parse_int
 from control_plane.api.state import ENGINE, ROLLOUTS
 from control_plane.db.engine import open_session
 from control_plane.db.models import Rollout
@@ -40,10 +40,6 @@ def rollout_controller(request: web.Request) -> RolloutController:
     return controller
 
 
-def _time(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 async def rollout_json(session: Any, rollout: Rollout, with_devices: bool) -> dict[str, Any]:
     """A rollout with its waves, its device counts and (on request) each device's state."""
     waves = await waves_of(session, rollout.id)
@@ -58,16 +54,16 @@ async def rollout_json(session: Any, rollout: Rollout, with_devices: bool) -> di
         "state": rollout.state,
         "reason": rollout.reason,
         "current_wave": rollout.current_wave,
-        "created_at": _time(rollout.created_at),
+        "created_at": iso_time(rollout.created_at),
         "created_by": rollout.created_by,
-        "updated_at": _time(rollout.updated_at),
+        "updated_at": iso_time(rollout.updated_at),
         "waves": [
             {
                 "index": wave.index,
                 "size": wave.size,
                 "state": wave.state,
-                "started_at": _time(wave.started_at),
-                "finished_at": _time(wave.finished_at),
+                "started_at": iso_time(wave.started_at),
+                "finished_at": iso_time(wave.finished_at),
                 "gate_results": wave.gate_results,
             }
             for wave in waves
@@ -81,7 +77,7 @@ async def rollout_json(session: Any, rollout: Rollout, with_devices: bool) -> di
                 "wave": member.wave,
                 "state": member.state,
                 "previous_digest": member.previous_digest,
-                "assigned_at": _time(member.assigned_at),
+                "assigned_at": iso_time(member.assigned_at),
             }
             for member in await devices_of(session, rollout.id)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +45,32 @@ class Endpoint:
     # A request signed by an enrolled device is accepted too (with `role=None`: only such a
     # request); when the path has `{device_id}`, only that device's own signature.
     device: bool = False
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """A stored time as ISO 8601 for a JSON answer; None stays None."""
+    return value.isoformat() if value is not None else None
+
+
+def query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional query parameter, as OpenAPI describes it."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+# The `{device_id}` of every per-device route, and the prefix of those routes.
+DEVICE_ID_PARAMETER = {
+    "name": "device_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+DEVICE_PATH = f"{PREFIX}/devices/{{device_id}}"
 
 
 def token_json(token: OperatorToken) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api.errors import InvalidRequest
-from control_plane.api.routes import PREFIX, Endpoint, parse_int
+from control_plane.api.routes import (
+    DEVICE_ID_PARAMETER,
+    DEVICE_PATH,
+    PREFIX,
+    Endpoint,
+    parse_int,
+    query_parameter,
+)
 from control_plane.api.state import ENGINE, INGEST, MQTT, SETTINGS
 from control_plane.db.engine import open_session
 from control_plane.db.models import Device, DeviceEvent, PresenceChange
@@ -279,34 +286,22 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
-_DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
-_LIMIT = _query("limit", _LIMIT_SCHEMA, f"at most this many ({DEFAULT_LIMIT})")
-_DEVICE = f"{PREFIX}/devices/{{device_id}}"
+_LIMIT = query_parameter("limit", _LIMIT_SCHEMA, f"at most this many ({DEFAULT_LIMIT})")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET",
-        f"{_DEVICE}/telemetry",
+        f"{DEVICE_PATH}/telemetry",
         device_telemetry,
         Role.VIEWER,
         "A device's telemetry per time bucket (requests, errors, throughput, p50, p95)",
         response="TelemetrySeries",
         parameters=(
-            _DEVICE_ID,
-            _query("model", {"type": "string"}, "one model (default: all)"),
-            _query("since", _TIME, "ISO 8601 start (default: 24 hours ago)"),
-            _query(
+            DEVICE_ID_PARAMETER,
+            query_parameter("model", {"type": "string"}, "one model (default: all)"),
+            query_parameter("since", _TIME, "ISO 8601 start (default: 24 hours ago)"),
+            query_parameter(
                 "bucket",
                 {"type": "integer", "minimum": MIN_BUCKET_S, "maximum": MAX_BUCKET_S},
                 f"bucket width in seconds ({DEFAULT_BUCKET_S}); at most {MAX_BUCKETS} buckets",
@@ -316,26 +311,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
-        f"{_DEVICE}/events",
+        f"{DEVICE_PATH}/events",
         device_events,
         Role.VIEWER,
         "A device's events, newest first",
         response="DeviceEventList",
         parameters=(
-            _DEVICE_ID,
+            DEVICE_ID_PARAMETER,
             _LIMIT,
-            _query("before", _TIME, "only events before this time (next_before)"),
+            query_parameter("before", _TIME, "only events before this time (next_before)"),
         ),
         errors=(400, 404),
     ),
     Endpoint(
         "GET",
-        f"{_DEVICE}/presence",
+        f"{DEVICE_PATH}/presence",
         device_presence,
         Role.VIEWER,
         "Whether a device is online, and its presence changes, newest first",
         response="DevicePresence",
-        parameters=(_DEVICE_ID, _LIMIT),
+        parameters=(DEVICE_ID_PARAMETER, _LIMIT),
         errors=(400, 404),
     ),
     Endpoint(
