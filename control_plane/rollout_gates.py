@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.fleet_stats import VersionHealth
+from control_plane.fleet_stats import FAILED, VersionHealth
 from control_plane.rollout_plan import InvalidRollout
 
 ON_FAILURE = ("rollback", "pause")
+TIMED_OUT = "timed_out"  # an outcome: not active within the activation timeout
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ def evaluate(
 
 def _failure_gate(gates: Gates, outcomes: Mapping[str, str]) -> GateResult:
     total = len(outcomes)
-    failed = sum(1 for outcome in outcomes.values() if outcome == "failed")
-    timed_out = sum(1 for outcome in outcomes.values() if outcome == "timed_out")
+    failed = sum(1 for outcome in outcomes.values() if outcome == FAILED)
+    timed_out = sum(1 for outcome in outcomes.values() if outcome == TIMED_OUT)
     percent = 100.0 * (failed + timed_out) / total if total else 0.0
     return GateResult(
         "failure",

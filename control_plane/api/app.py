@@ -30,7 +30,7 @@ from control_plane.assignments import AssignmentKeyError, AssignmentService, loa
 from control_plane.db.engine import create_engine_for, redact, sqlite_file
 from control_plane.db.migrate import check_current
 from control_plane.errors import SchemaOutOfDate
-from control_plane.rollouts import RolloutController
+from control_plane.rollout_controller import RolloutController
 from control_plane.settings import ControlPlaneSettings
 from shared.http_server import serve_until_stopped
 from shared.key_directory import KeyDirectory, passphrase_from_env

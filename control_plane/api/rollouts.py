@@ -15,9 +15,9 @@ from control_plane.db.engine import open_session
 from control_plane.db.models import Rollout
 from control_plane.errors import KeysNotConfigured
 from control_plane.roles import Role
+from control_plane.rollout_controller import ACTIONS, RolloutController
 from control_plane.rollouts import (
-    ACTIONS,
-    RolloutController,
+    RolloutState,
     create_rollout,
     device_counts,
     devices_of,
@@ -25,7 +25,7 @@ from control_plane.rollouts import (
     waves_of,
 )
 
-STATES = ("running", "paused", "completed", "aborted", "rolled_back")
+STATES = tuple(state.value for state in RolloutState)
 MAX_LIST = 500
 
 

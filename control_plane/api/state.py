@@ -9,7 +9,7 @@ from control_plane.assignments import AssignmentService
 from control_plane.db.models import OperatorToken
 from control_plane.ingest import IngestService
 from control_plane.roles import Role
-from control_plane.rollouts import RolloutController
+from control_plane.rollout_controller import RolloutController
 from control_plane.settings import ControlPlaneSettings
 from shared.mqtt.client import MqttClient
 

@@ -30,10 +30,10 @@ from control_plane.db.models import (
     TelemetrySample,
 )
 from control_plane.errors import UnknownModel
+from control_plane.rollout_controller import RolloutController
 from control_plane.rollout_plan import InvalidRollout
 from control_plane.rollouts import (
     RolloutConflict,
-    RolloutController,
     create_rollout,
     device_counts,
     get_rollout,
