@@ -159,6 +159,7 @@ def _reports_ready(models: Any, model: str, version: int) -> bool:
         and m.get("model") == model
         and m.get("version") == version
         and m.get("state") == "READY"
+        and m.get("serving", True) is not False  # loaded only for a quick revert: not serving
         for m in models
     )
 

@@ -172,7 +172,12 @@ async def _devices_ls(client: ControlPlaneClient, args: argparse.Namespace) -> i
             "online" if d.get("online") else "offline",
             d.get("backend_class") or "-",
             ",".join(d.get("groups") or []) or "-",
-            ",".join(f"{m.get('model')}:{m.get('version')}" for m in d.get("models") or []) or "-",
+            ",".join(
+                f"{m.get('model')}:{m.get('version')}"
+                for m in d.get("models") or []
+                if m.get("serving") is not False
+            )
+            or "-",
             (d.get("last_seen_at") or "-")[:19],
         ]
         for d in answer["devices"]
@@ -212,10 +217,16 @@ async def _devices_show(client: ControlPlaneClient, args: argparse.Namespace) ->
     if models:
         print()
         rows = [
-            [str(m.get("model")), str(m.get("version")), str(m.get("state")), str(m.get("backend"))]
+            [
+                str(m.get("model")),
+                str(m.get("version")),
+                str(m.get("state")),
+                "no (kept for revert)" if m.get("serving") is False else "yes",
+                str(m.get("backend")),
+            ]
             for m in models
         ]
-        print(format_rows(["MODEL", "VERSION", "STATE", "BACKEND"], rows))
+        print(format_rows(["MODEL", "VERSION", "STATE", "SERVING", "BACKEND"], rows))
     return 0
 
 

@@ -331,7 +331,14 @@ class FleetSimulator:
             "state": "online",
             "agent_version": "sim",
             "models": [
-                {"model": name, "version": v, "state": state, "backend": runtime, "file": None}
+                {
+                    "model": name,
+                    "version": v,
+                    "state": state,
+                    "serving": True,
+                    "backend": runtime,
+                    "file": None,
+                }
                 for name, (v, _, state) in sorted(device.models.items())
             ],
             "hardware": {

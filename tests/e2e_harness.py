@@ -57,14 +57,20 @@ def clean_environment(**settings: str) -> dict[str, str]:
 
 def edgefleet(*args: str, env: dict[str, str] | None = None) -> str:
     """Run an `edgefleet` command to completion; it must succeed; return its stdout."""
-    result = subprocess.run(
-        [*EDGEFLEET, *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        env=env or clean_environment(),
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            [*EDGEFLEET, *args],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            env=env or clean_environment(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(
+            f"`edgefleet {' '.join(args)}` did not finish within {COMMAND_TIMEOUT_S} s:\n"
+            f"{error.stdout!r}{error.stderr!r}"
+        ) from None
     assert result.returncode == 0, (
         f"`edgefleet {' '.join(args)}` exited with {result.returncode}:\n"
         f"{result.stdout}{result.stderr}"
@@ -127,12 +133,11 @@ def sample_request(inputs: np.ndarray) -> list[httpclient.InferInput]:
 
 @dataclass
 class EdgeAgent:
-    """One enrolled device: its state directory, its port and its `agent run` process."""
+    """One enrolled device: its state directory and the port its `agent run` serves on."""
 
     device_id: str
     state_dir: Path
     port: int = 0
-    service: Service | None = None
 
     @property
     def address(self) -> str:
@@ -150,10 +155,10 @@ class EdgeAgent:
         finally:
             client.close()
 
-    def infer(self, model: str, inputs: np.ndarray, version: str = "") -> tuple[str, np.ndarray]:
-        """Run `inputs` through the model (its default version unless `version`)."""
+    def infer(self, model: str, inputs: np.ndarray) -> tuple[str, np.ndarray]:
+        """Run `inputs` through the model's serving version: (that version, the output)."""
         with self.client() as client:
-            result = client.infer(model, sample_request(inputs), model_version=version)
+            result = client.infer(model, sample_request(inputs))
         output = result.as_numpy(MODEL_OUTPUT)
         assert output is not None, result.get_response()
         return str(result.get_response()["model_version"]), output
@@ -167,18 +172,22 @@ class EdgeAgent:
                 return []
         return list(metadata["versions"])
 
-    def version_ready(self, model: str, version: str) -> bool:
-        """Whether `version` of the model is ready to serve."""
+    def configured_version(self, model: str) -> str | None:
+        """The version requests without one go to, as the model's configuration names it."""
         with self.client() as client:
             try:
-                return bool(client.is_model_ready(model, version))
+                config = client.get_model_config(model)
             except InferenceServerException:
-                return False
+                return None
+        (version,) = config["version_policy"]["specific"]["versions"]
+        return str(version)
 
-    def serves_only(self, model: str, version: str) -> bool:
-        """True when the model's only ready version is `version` and requests land on it."""
+    def serves(self, model: str, version: str) -> bool:
+        """True when `version` is ready, is the configured one, and answers a plain request."""
         try:
-            if self.ready_versions(model) != [version]:
+            if version not in self.ready_versions(model):
+                return False
+            if self.configured_version(model) != version:
                 return False
             return self.infer(model, np.zeros((1, 64), np.float32))[0] == version
         except (InferenceServerException, OSError):
@@ -238,7 +247,6 @@ class ControlPlane:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log = root / "cp.log"
         self.token = ""
-        self.service: Service | None = None
 
     def start(self, **settings: str) -> Service:
         """Migrate, create the operator token, start serving (EDGEFLEET_CP_* `settings`)."""
@@ -250,8 +258,7 @@ class ControlPlane:
             "--mqtt", self.broker_url, "--host", LOOPBACK, "--port", str(self.port),
         ]  # fmt: skip
         env = clean_environment(**{f"EDGEFLEET_CP_{k.upper()}": v for k, v in settings.items()})
-        self.service = Service("control plane", command, env, self.log)
-        return self.service
+        return Service("control plane", command, env, self.log)
 
     def healthy(self) -> bool:
         """Whether the API answers its liveness route."""
@@ -303,12 +310,14 @@ class Deployment:
         self.services.append(service)
         return service
 
-    def close(self) -> None:
-        """Stop the traffic, then every process, newest first."""
-        for thread in self.traffic:
-            thread.stop()
-        for service in reversed(self.services):
-            service.stop()
+    def close(self) -> dict[str, int]:
+        """Stop the traffic, then every process, newest first; their exit codes by name."""
+        try:
+            for thread in self.traffic:
+                thread.stop()
+        finally:  # the processes are stopped whatever happened to the threads
+            codes = {service.name: service.stop() for service in reversed(self.services)}
+        return codes
 
     def report(self) -> str:
         """What the failure message shows: rollouts as the control plane has them, log tails."""
@@ -368,15 +377,15 @@ class Deployment:
                 env=env,
             )
         try:
-            code = self.wait_for(
-                lambda: (watcher.poll(),) if watcher.poll() is not None else None,
+            self.wait_for(
+                lambda: watcher.poll() is not None,
                 f"rollout {rollout_id} to reach a final state",
                 seconds,
-            )[0]
+            )
         finally:
             if watcher.poll() is None:
                 watcher.kill()
-            watcher.wait(STOP_TIMEOUT_S)
+            code = watcher.wait(STOP_TIMEOUT_S)
         text = lines.read_text()
         assert code in (0, 2), f"the rollout watch failed ({code}):\n{text}\n{self.report()}"
         final: dict[str, Any] = json.loads(text.splitlines()[-1])

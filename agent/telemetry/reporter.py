@@ -160,7 +160,9 @@ class TelemetryReporter:
 
     async def report_status(self) -> None:
         """Queue a fresh retained status."""
-        payload = status_payload(True, self.repository.all(), self.hardware())
+        repository = self.repository
+        serving = [repository.resolve(name, None) for name in repository.names()]
+        payload = status_payload(True, repository.all(), self.hardware(), serving)
         await self.queue(STATUS, "status", SCHEMA_STATUS, payload, retain=True)
 
     async def report_telemetry(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +154,16 @@ def host_metrics(state_dir: Path) -> dict[str, Any]:
 
 
 def status_payload(
-    online: bool, models: Iterable[ServedModel], hardware: HardwareInfo | None
+    online: bool,
+    models: Iterable[ServedModel],
+    hardware: HardwareInfo | None,
+    serving: Collection[ServedModel] = (),
 ) -> dict[str, Any]:
-    """The retained presence message: who this is, what it runs, on which backend."""
+    """The retained presence message: who this is, what it runs, on which backend.
+
+    `serving` are the versions that answer requests naming no version; a version also loaded
+    but not among them is kept for a quick revert (or was just given up) and is marked so.
+    """
     if not online:
         return {"state": "offline"}
     return {
@@ -167,6 +174,7 @@ def status_payload(
                 "model": m.name,
                 "version": m.version,
                 "state": m.state.value,
+                "serving": m in serving,
                 "backend": m.stats.backend,
                 "file": m.description.path.name if m.description else None,
                 "selection": None

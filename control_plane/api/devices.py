@@ -65,7 +65,7 @@ def device_summary(device: Device, groups: list[str], labels: dict[str, str]) ->
         "revoked_at": iso_time(device.revoked_at),
         # What it reported serving, without the selection details the detail view shows.
         "models": [
-            {key: m.get(key) for key in ("model", "version", "state", "backend")}
+            {key: m.get(key) for key in ("model", "version", "state", "backend", "serving")}
             for m in device.models or []
             if isinstance(m, dict)
         ],

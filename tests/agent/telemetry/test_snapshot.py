@@ -45,10 +45,12 @@ def test_status_says_offline_or_what_runs(tmp_path: Path) -> None:
     assert status_payload(False, [], None) == {"state": "offline"}
     with ThreadPoolExecutor(1) as executor:
         model = ServedModel(ModelSpec("m", 1, (tmp_path / "m.onnx",)), executor)
-    status = status_payload(True, [model], None)
+        other = ServedModel(ModelSpec("m", 2, (tmp_path / "m.onnx",)), executor)
+    status = status_payload(True, [model, other], None, serving=[other])
     assert status["state"] == "online"
     assert status["models"][0]["model"] == "m"
     assert status["models"][0]["state"] == "UNAVAILABLE"
+    assert [m["serving"] for m in status["models"]] == [False, True]
 
 
 def test_quantiles_interpolate_inside_buckets() -> None:
