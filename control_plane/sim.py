@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import random
 import resource
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from control_plane.client import ApiCallFailed, ControlPlaneClient
+from control_plane.sim_reports import (
+    BACKEND_HARDWARE,
+    VersionBehaviour,
+    lifecycle_event,
+    status_report,
+    telemetry_report,
+)
 from shared.assignment import Assignment, verify_assignment
 from shared.atomic import write_atomic
 from shared.device_auth import sign_request
 from shared.device_key import DeviceKey
 from shared.errors import EdgeFleetError
-from shared.histogram import LATENCY_BUCKETS, LATENCY_COUNTS_LENGTH
 from shared.keylist import TrustStore
 from shared.keys import PublicKey, public_from_pem
 from shared.mqtt.client import MqttClient, MqttSettings
@@ -52,53 +56,6 @@ log = logging.getLogger(__name__)
 DEVICES_PER_CONNECTION = 500
 ENROLL_CONCURRENCY = 16
 STATE_FILE = "sim-devices.json"
-BACKEND_HARDWARE = {
-    "x86-cpu": {"arch": "x86_64", "cpu_model": "simulated x86", "gpus": []},
-    "arm-cpu": {"arch": "aarch64", "cpu_model": "simulated Cortex-A78", "gpus": []},
-    "gpu": {"arch": "x86_64", "cpu_model": "simulated x86", "gpus": ["simulated GPU"]},
-    "openvino": {"arch": "x86_64", "cpu_model": "simulated Core with iGPU", "gpus": []},
-}
-BACKEND_RUNTIME = {
-    "x86-cpu": "onnxruntime/CPU",
-    "arm-cpu": "tflite/CPU",
-    "gpu": "onnxruntime/CUDA",
-    "openvino": "openvino/GPU",
-}
-
-
-@dataclass(frozen=True)
-class VersionBehaviour:
-    """What a simulated device does with one model version."""
-
-    fail_pct: float = 0.0  # share of devices (by a hash of device and version) that fail
-    error_rate: float = 0.0  # share of requests answered with an error
-    latency_ms: float = 5.0  # median latency
-    activation_s: float = 0.5  # time from assignment to active (or failed)
-
-    @classmethod
-    def parse(cls, text: str) -> tuple[int, VersionBehaviour]:
-        """`VERSION:key=value[,key=value]`; keys fail, errors, latency, activation."""
-        version, sep, rest = text.partition(":")
-        if not sep or not version.isdigit():
-            raise ValueError(f"behaviour {text!r} must look like 2:fail=100,errors=0.2")
-        values: dict[str, float] = {}
-        names = {
-            "fail": "fail_pct",
-            "errors": "error_rate",
-            "latency": "latency_ms",
-            "activation": "activation_s",
-        }
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            if key not in names:
-                raise ValueError(f"unknown behaviour {key!r}: use {', '.join(names)}")
-            values[names[key]] = float(value) if eq else 100.0
-        return int(version), cls(**values)
-
-    def fails_on(self, device_id: str, version: int) -> bool:
-        """Whether this device's activation of this version fails (stable per pair)."""
-        digest = hashlib.sha256(f"{device_id}/{version}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") % 10_000 < self.fail_pct * 100
 
 
 @dataclass
@@ -326,29 +283,7 @@ class FleetSimulator:
             log.warning("%s: %s not published: %s", device.device_id, kind, error)
 
     async def _status(self, device: SimDevice) -> None:
-        runtime = BACKEND_RUNTIME[device.backend_class]
-        payload = {
-            "state": "online",
-            "agent_version": "sim",
-            "models": [
-                {
-                    "model": name,
-                    "version": v,
-                    "state": state,
-                    "serving": True,
-                    "backend": runtime,
-                    "file": None,
-                }
-                for name, (v, _, state) in sorted(device.models.items())
-            ],
-            "hardware": {
-                **BACKEND_HARDWARE[device.backend_class],
-                "logical_cores": 4,
-                "cpu_features": [],
-                "memory_bytes": 8 << 30,
-                "fingerprint": device.backend_class,
-            },
-        }
+        payload = status_report(device.backend_class, device.models)
         await self._publish(device, "status", SCHEMA_STATUS, payload, retain=True)
 
     async def _follow(self, http: aiohttp.ClientSession, device: SimDevice) -> None:
@@ -435,17 +370,7 @@ class FleetSimulator:
         state: str,
         reason: str = "",
     ) -> None:
-        payload = {
-            "kind": "lifecycle",
-            "time": time.time(),
-            "model": model,
-            "version": version,
-            "digest": digest,
-            "previous": previous,
-            "state": state,
-            "reason": reason,
-            "details": None,
-        }
+        payload = lifecycle_event(model, version, digest, previous, state, reason)
         await self._publish(device, "events", SCHEMA_EVENT, payload)
 
     async def _telemetry(self, stop: asyncio.Event) -> None:
@@ -461,46 +386,14 @@ class FleetSimulator:
                     self.counts["telemetry"] += 1
 
     def _figures(self, device: SimDevice, interval: float) -> dict[str, Any]:
-        models = []
-        runtime = BACKEND_RUNTIME[device.backend_class]
-        for name, (version, _, state) in sorted(device.models.items()):
-            behaviour = self.settings.behaviours.get(version, VersionBehaviour())
-            requests = max(
-                0, round(self.rng.gauss(1, 0.1) * self.settings.requests_per_s * interval)
-            )
-            errors = sum(1 for _ in range(requests) if self.rng.random() < behaviour.error_rate)
-            counts = latency_histogram(requests - errors, behaviour.latency_ms / 1000, self.rng)
-            models.append(
-                {
-                    "model": name,
-                    "version": version,
-                    "backend": runtime,
-                    "state": state,
-                    "requests": requests,
-                    "success": requests - errors,
-                    "errors": {"inference": errors},
-                    "latency_buckets_s": list(LATENCY_BUCKETS),
-                    "latency_counts": counts,
-                    "queue_us": 0,
-                    "compute_us": 0,
-                    "inferences": requests - errors,
-                    "executions": requests - errors,
-                    "batch_sizes": {},
-                    "throughput_rps": round(requests / interval, 3),
-                    "pending": 0,
-                }
-            )
-        return {"interval_s": interval, "models": models, "host": {}, "outbox": None}
-
-
-def latency_histogram(count: int, median_s: float, rng: random.Random) -> list[int]:
-    """`count` log-normal latencies around `median_s`, counted into the agents' buckets."""
-    counts = [0] * LATENCY_COUNTS_LENGTH
-    for _ in range(count):
-        value = median_s * math.exp(rng.gauss(0, 0.25))
-        index = next((i for i, b in enumerate(LATENCY_BUCKETS) if value <= b), len(LATENCY_BUCKETS))
-        counts[index] += 1
-    return counts
+        return telemetry_report(
+            device.backend_class,
+            device.models,
+            self.settings.behaviours,
+            self.settings.requests_per_s * interval,
+            interval,
+            self.rng,
+        )
 
 
 def _trust_from(answer: dict[str, Any]) -> TrustStore:
@@ -515,19 +408,3 @@ def _raise_file_limit(wanted: int) -> None:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def parse_backends(text: str) -> dict[str, float]:
-    """`x86-cpu=70,arm-cpu=20,gpu=10` as weights."""
-    weights: dict[str, float] = {}
-    for item in text.split(","):
-        name, _, weight = item.partition("=")
-        if name not in BACKEND_HARDWARE:
-            raise ValueError(f"unknown backend class {name!r}: use {', '.join(BACKEND_HARDWARE)}")
-        weights[name] = float(weight or 1)
-    return weights
-
-
-def parse_behaviours(items: Sequence[str]) -> dict[int, VersionBehaviour]:
-    """Every `--behaviour` flag, by version."""
-    return dict(VersionBehaviour.parse(item) for item in items)

@@ -51,12 +51,8 @@ def register(
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from control_plane.sim import (
-        FleetSimulator,
-        SimSettings,
-        parse_backends,
-        parse_behaviours,
-    )
+    from control_plane.sim import FleetSimulator, SimSettings
+    from control_plane.sim_reports import parse_backends, parse_behaviours
 
     try:
         url, token = endpoint_from(args.cp, args.token, environment())

@@ -25,7 +25,8 @@ from control_plane.db.migrate import upgrade
 from control_plane.db.models import BundleRecord
 from control_plane.roles import Role
 from control_plane.settings import ControlPlaneSettings
-from control_plane.sim import FleetSimulator, SimSettings, VersionBehaviour
+from control_plane.sim import FleetSimulator, SimSettings
+from control_plane.sim_reports import VersionBehaviour
 from control_plane.tokens import create_token
 from shared.key_directory import KeyDirectory
 from shared.mqtt.broker import MosquittoBroker
