@@ -1,6 +1,6 @@
 """The `edgefleet` command line.
 
-Subcommand groups live with the code they drive (`agent.cli`, later `control_plane.cli`) and
+Subcommand groups live with the code they drive (`agent.cli`, `control_plane.cli`, ...) and
 register themselves through the `edgefleet.commands` entry-point group, so this module never
 imports the agent or the control plane: each group's `register(subparsers)` adds its parsers
 and sets `func` (taking the parsed namespace, returning an exit status) on each of them.
