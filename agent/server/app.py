@@ -23,6 +23,7 @@ from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
+from agent.server.status_line import status_line
 from shared.http_server import serve_until_stopped
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ async def serve(
     """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down cleanly.
 
     `started` is called with the bound port once the socket listens (port 0 picks a free one).
+    Under systemd the agent reports READY once listening, its status line as readiness changes,
+    and watchdog pings while `/v2/health/live` answers (`shared.http_server`).
     """
     settings = agent.settings
     if settings.runtime.cpu_affinity:
@@ -114,4 +117,6 @@ async def serve(
         lambda port: f"serving the inference API on http://{host}:{port}/v2",
         stop,
         started,
+        live_path="/v2/health/live",
+        status=lambda: status_line(agent.dataplane),
     )

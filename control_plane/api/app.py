@@ -164,7 +164,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down."""
+    """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down.
+
+    Under systemd, READY follows the database check (the app's start-up) and the bind, and the
+    watchdog is pinged while `/api/v1/health` answers (`shared.http_server`).
+    """
     runner = web.AppRunner(build_app(settings), access_log=None)
     host = settings.host
     await serve_until_stopped(
@@ -174,4 +178,5 @@ async def serve(
         lambda port: f"serving the control plane API on http://{host}:{port}/api/v1",
         stop,
         started,
+        live_path="/api/v1/health",
     )
