@@ -11,7 +11,7 @@ PORT ?= 8000
 .PHONY: help venv system-deps lint test demo bench clean
 
 help:
-	@echo "make demo   set up, write the sample models and serve them on http://$(HOST):$(PORT)"
+	@echo "make demo   set up, then broker, control plane and an agent serving a signed model (Ctrl-C stops)"
 	@echo "make test   set up, then ruff, mypy --strict and pytest"
 	@echo "make bench  serving, bundle and reporting benchmarks; write docs/benchmarks.md"
 
@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests and the demo need: Mosquitto (the tests start their own broker) and
-# PostgreSQL (the control plane's tests start their own server from /usr/lib/postgresql/<ver>/bin).
+# Debian packages the tests and the demo need: Mosquitto (the tests start their own broker),
+# PostgreSQL (the control plane's tests start their own server from /usr/lib/postgresql/<ver>/bin),
+# systemd and shellcheck (the deployment tests).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
@@ -34,6 +35,14 @@ system-deps:
 	@command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || \
 		($(SUDO) apt-get update && \
 		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+	@# systemd-analyze verifies the units in deploy/systemd; shellcheck checks install-agent.sh.
+	@command -v systemd-analyze >/dev/null && command -v shellcheck >/dev/null || \
+		($(SUDO) apt-get update && \
+		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd shellcheck)
+	@# Chromium: the dashboard's browser tests drive it through Playwright (from the venv).
+	@test -x /usr/bin/chromium || \
+		($(SUDO) apt-get update && \
+		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -43,21 +52,21 @@ lint: venv
 test: system-deps lint
 	$(BIN)/pytest -q
 
+# `edgefleet demo`: keys, broker, control plane, one enrolled agent, the sample model rolled out
+# and answering. Ports: make demo CP_PORT=8081 AGENT_PORT=8001 MQTT_PORT=1884 (HOST, DEMO_DIR too).
+CP_PORT ?= 8080
+AGENT_PORT ?= $(PORT)
+MQTT_PORT ?= 1883
 demo: system-deps venv
-	$(BIN)/edgefleet sample-models $(DEMO_DIR)/models
-	@echo
-	@echo "Serving on http://$(HOST):$(PORT)/v2 (Ctrl-C stops). Try, in another terminal:"
-	@echo "  curl -s http://$(HOST):$(PORT)/v2/models/mlp/config | python3 -m json.tool"
-	@echo "  $(BIN)/python examples/infer_mlp.py --url $(HOST):$(PORT)"
-	@echo
-	$(BIN)/edgefleet agent serve --host $(HOST) --port $(PORT) --state-dir $(DEMO_DIR)/state \
-		--model mlp=$(DEMO_DIR)/models/mlp.onnx,$(DEMO_DIR)/models/mlp.xml,$(DEMO_DIR)/models/mlp.tflite \
-		--model cnn=$(DEMO_DIR)/models/cnn.onnx,$(DEMO_DIR)/models/cnn.xml,$(DEMO_DIR)/models/cnn.tflite
+	$(BIN)/edgefleet demo --dir $(DEMO_DIR) --host $(HOST) \
+		--cp-port $(CP_PORT) --agent-port $(AGENT_PORT) --mqtt-port $(MQTT_PORT)
 
 bench: venv
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.bundles
 	$(BIN)/python -m bench.reporting
+	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
