@@ -1,6 +1,6 @@
 """Every error the control plane raises on purpose.
 
-The whole tree, so callers (the CLI, later the API's error middleware) can pick the right
+The whole tree, so callers (the CLI, the API's error middleware) can pick the right
 clause and say what happens next:
 
     EdgeFleetError                    (shared.errors)
@@ -23,8 +23,17 @@ clause and say what happens next:
         │   │                         new token
         │   ├── DeviceExists          the device id is enrolled and not revoked; revoke it first
         │   └── UnknownDevice         no device has that id
-        └── CertificateAuthorityError the CA's files are unreadable or mismatched; restore them
+        ├── CertificateAuthorityError the CA's files are unreadable or mismatched; restore them
+        ├── AssignmentError           (control_plane.assignments) assignments are disabled or
+        │                             the assignment key is unusable
+        ├── RolloutError              (control_plane.rollouts) unknown rollout, or a conflict
+        │                             with its state or another rollout; InvalidRollout
+        │                             (rollout_plan) for a malformed request
+        ├── ApiError                  (control_plane.api.errors) a request the API refuses
+        └── DemoError                 (control_plane.demo_processes) `edgefleet demo` cannot
+                                      run: a port is taken, a child did not start
 
+Errors that belong to one module are defined there and listed here, so the tree stays whole.
 SQLAlchemy and Alembic exceptions are translated into `DatabaseError` in `control_plane.db`
 and never travel further.
 """
