@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.dialects.postgresql import dml as postgresql_dml
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -73,31 +73,40 @@ class IngestStore:
         outcome = BatchOutcome()
         async with open_session(self.engine) as session:
             ids = sorted({m.device_id for m in batch})
-            rows = await session.scalars(select(DeviceRow).where(DeviceRow.id.in_(ids)))
-            devices = {device.id: device for device in rows}
+            # Only the columns the hot path needs: loading whole `Device` objects (and their
+            # JSON) and flushing each one cost nearly as much as the inserts; statuses, rare,
+            # load theirs below.
+            known = await session.execute(
+                select(DeviceRow.id, DeviceRow.revoked_at, DeviceRow.last_seen_at).where(
+                    DeviceRow.id.in_(ids)
+                )
+            )
+            seen: dict[str, datetime | None] = {}
+            revoked: set[str] = set()
+            for device_id, revoked_at, last_seen_at in known:
+                seen[device_id] = last_seen_at
+                if revoked_at is not None:
+                    revoked.add(device_id)
             accepted: list[DeviceMessage] = []
             for message in batch:
-                device = devices.get(message.device_id)
-                if device is None:
+                if message.device_id not in seen:
                     outcome.dropped[UNKNOWN_DEVICE] += 1
-                elif device.revoked_at is not None:
+                elif message.device_id in revoked:
                     outcome.dropped[REVOKED_DEVICE] += 1
                 else:
                     accepted.append(message)
             stored = await self._insert_rows(session, accepted)
+            newest: dict[str, datetime] = {}
             for message in accepted:
-                device = devices[message.device_id]
-                if isinstance(message.body, Status):
-                    outcome.presence_changes += _apply_status(
-                        session, device, message.body, message.received_at
-                    )
-                if device.last_seen_at is None or device.last_seen_at < message.received_at:
-                    device.last_seen_at = message.received_at
-            for kept in stored:
-                if kept:
-                    outcome.stored += 1
-                else:
-                    outcome.duplicates += 1
+                last = newest.get(message.device_id)
+                if last is None or last < message.received_at:
+                    newest[message.device_id] = message.received_at
+            statuses = [(m, m.body) for m in accepted if isinstance(m.body, Status)]
+            if statuses:
+                outcome.presence_changes = await _apply_statuses(session, statuses, newest)
+            await _move_last_seen(session, newest, seen)
+            outcome.stored = sum(stored)
+            outcome.duplicates = len(stored) - outcome.stored
         return outcome
 
     async def _insert_rows(
@@ -185,6 +194,58 @@ def _event_row(message: DeviceMessage, event: Event) -> dict[str, Any]:
         "name": event.name,
         "payload": event.payload,
     }
+
+
+async def _apply_statuses(
+    session: AsyncSession,
+    statuses: Sequence[tuple[DeviceMessage, Status]],
+    newest: dict[str, datetime],
+) -> int:
+    """Apply status messages in order; return how many presence flips they logged.
+
+    Their devices' `last_seen_at` moves here too, through the loaded objects, and they leave
+    `newest`, so `_move_last_seen` does not update the same rows again.
+    """
+    ids = sorted({message.device_id for message, _ in statuses})
+    devices = {
+        d.id: d for d in await session.scalars(select(DeviceRow).where(DeviceRow.id.in_(ids)))
+    }
+    changes = 0
+    for message, status in statuses:
+        changes += _apply_status(session, devices[message.device_id], status, message.received_at)
+    for device_id in ids:
+        device = devices[device_id]
+        received_at = newest.pop(device_id)
+        if device.last_seen_at is None or device.last_seen_at < received_at:
+            device.last_seen_at = received_at
+    return changes
+
+
+async def _move_last_seen(
+    session: AsyncSession, newest: dict[str, datetime], seen: dict[str, datetime | None]
+) -> None:
+    """Move each device's `last_seen_at` forward to its newest message, in one executemany.
+
+    The condition is repeated in SQL so that a replica writing an older batch late never
+    moves it back.
+    """
+    rows = [
+        {"device": device_id, "received": received_at}
+        for device_id, received_at in newest.items()
+        if (last := seen[device_id]) is None or last < received_at
+    ]
+    if rows:
+        table: Any = DeviceRow.__table__  # a Table; typed as FromClause
+        received = bindparam("received", type_=table.c.last_seen_at.type)
+        await session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("device"),
+                or_(table.c.last_seen_at.is_(None), table.c.last_seen_at < received),
+            )
+            .values(last_seen_at=received),
+            rows,
+        )
 
 
 def _apply_status(

@@ -86,7 +86,9 @@ class SimDevice:
     key: DeviceKey
     backend_class: str
     trust: TrustStore
-    seq: int = 0
+    # Sequence numbers must not repeat across runs of the simulator (the ingest stores a
+    # (device, seq) pair once): start from the clock in milliseconds rather than from 0.
+    seq: int = field(default_factory=lambda: int(time.time() * 1000))
     serial: int = 0
     etag: str | None = None
     models: dict[str, tuple[int, str, str]] = field(
