@@ -7,15 +7,19 @@ thousand. Revoking a device also revokes each of its certificates; the caller re
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
+    Text,
     and_,
     case,
+    cast,
     delete,
     exists,
     func,
@@ -39,6 +43,7 @@ class DeviceFilter:
     backend: str | None = None
     region: str | None = None
     model: str | None = None  # a model the device reported serving
+    version: int | None = None  # with `model`: reported serving this version of it
     search: str | None = None  # a substring of the device id
 
 
@@ -100,19 +105,35 @@ def _conditions(session: AsyncSession, filters: DeviceFilter) -> list[ColumnElem
     if filters.search:
         conditions.append(Device.id.contains(filters.search, autoescape=True))
     if filters.model is not None:
-        conditions.append(_serves_model(session.get_bind().dialect.name, filters.model))
+        dialect = session.get_bind().dialect.name
+        conditions.append(_serves_model(dialect, filters.model, filters.version))
     return conditions
 
 
-def _serves_model(dialect: str, model: str) -> ColumnElement[bool]:
-    """Whether `devices.models` (a JSON array of {"model": name, ...}) names `model`."""
+def _reported_models(dialect: str) -> tuple[Any, ColumnElement[Any], ColumnElement[Any]]:
+    """`devices.models` (a JSON array of {"model": name, "version": v, ...}) as rows.
+
+    Returns the table-valued function and its name and version columns; on PostgreSQL the
+    version is text (`json_extract_path_text`), on SQLite the JSON number.
+    """
     if dialect == "postgresql":
         elements = func.json_array_elements(Device.models).table_valued("value")
         name = func.json_extract_path_text(elements.c.value, "model")
+        version = func.json_extract_path_text(elements.c.value, "version")
     else:
         elements = func.json_each(Device.models).table_valued("value")
         name = func.json_extract(elements.c.value, "$.model")
-    return exists().select_from(elements).where(name == model)
+        version = func.json_extract(elements.c.value, "$.version")
+    return elements, name, version
+
+
+def _serves_model(dialect: str, model: str, version: int | None) -> ColumnElement[bool]:
+    """Whether the device reported serving `model` (at `version`, when given)."""
+    elements, name, reported = _reported_models(dialect)
+    query = exists().select_from(elements).where(name == model)
+    if version is not None:
+        query = query.where(reported == (str(version) if dialect == "postgresql" else version))
+    return query
 
 
 async def get_device(session: AsyncSession, device_id: str) -> Device:
@@ -206,6 +227,79 @@ async def group_counts(session: AsyncSession) -> list[GroupCount]:
         .order_by(DeviceGroup.group)
     )
     return [GroupCount(name, int(up or 0), int(count) - int(up or 0)) for name, count, up in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """Not revoked devices online and offline: in all, per region and per backend class."""
+
+    online: int
+    offline: int
+    regions: list[GroupCount]  # name "" for devices without a region
+    backends: list[GroupCount]
+
+
+async def fleet_counts(session: AsyncSession) -> FleetCounts:
+    """One grouped scan of `devices`, summed per region and per backend class."""
+    rows = await session.execute(
+        select(Device.region, Device.backend_class, Device.online, func.count())
+        .where(Device.revoked_at.is_(None))
+        .group_by(Device.region, Device.backend_class, Device.online)
+    )
+    regions: dict[str, list[int]] = {}
+    backends: dict[str, list[int]] = {}
+    totals = [0, 0]
+    for region, backend, online, count in rows:
+        slot = 0 if online else 1
+        regions.setdefault(region or "", [0, 0])[slot] += count
+        backends.setdefault(backend, [0, 0])[slot] += count
+        totals[slot] += count
+    return FleetCounts(totals[0], totals[1], _as_counts(regions), _as_counts(backends))
+
+
+def _as_counts(found: dict[str, list[int]]) -> list[GroupCount]:
+    return [GroupCount(name, up, down) for name, (up, down) in sorted(found.items())]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCount:
+    """How many (not revoked) devices reported one version of one model."""
+
+    model: str
+    version: int
+    devices: int
+
+
+async def version_counts(session: AsyncSession) -> list[VersionCount]:
+    """Devices per reported (model, version), by model then version.
+
+    Grouped by the reported list itself: a fleet reports few distinct lists, so the database
+    counts equal texts (an index-free GROUP BY over one column) and only each distinct list is
+    read here, instead of every device's JSON being taken apart row by row.
+    """
+    rows = await session.execute(
+        select(cast(Device.models, Text), func.count())
+        .where(Device.revoked_at.is_(None))
+        .group_by(cast(Device.models, Text))
+    )
+    counts: Counter[tuple[str, int]] = Counter()
+    for text, devices in rows:
+        for pair in _reported_pairs(orjson.loads(text) if text else []):
+            counts[pair] += devices  # a device reporting both versions of a probation: each
+    return [VersionCount(m, v, counts[(m, v)]) for m, v in sorted(counts)]
+
+
+def _reported_pairs(reported: Any) -> set[tuple[str, int]]:
+    """The (model, version) pairs in a status's `models` list, each once."""
+    if not isinstance(reported, list):
+        return set()
+    return {
+        (entry["model"], entry["version"])
+        for entry in reported
+        if isinstance(entry, dict)
+        and isinstance(entry.get("model"), str)
+        and type(entry.get("version")) is int
+    }
 
 
 def describe_device(device: Device, groups: list[str], labels: dict[str, str]) -> dict[str, Any]:

@@ -50,7 +50,6 @@ def quantile(
 
 def add_counts(histograms: Iterable[Sequence[int]]) -> list[int]:
     """The element-wise sum of histograms (a shorter one counts as zeros where it ends)."""
-    total: list[int] = []
-    for counts in histograms:
-        total = [a + b for a, b in zip_longest(total, counts, fillvalue=0)]
-    return total
+    # Column by column in one pass (C loops), not a new list per histogram: charts sum a day of
+    # 10 s reports, 8,640 histograms per model.
+    return [sum(column) for column in zip_longest(*histograms, fillvalue=0)]

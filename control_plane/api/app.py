@@ -27,6 +27,7 @@ from control_plane.api.state import (
 )
 from control_plane.api.telemetry import ingest_context, retention_context
 from control_plane.assignments import AssignmentKeyError, AssignmentService, load_signer
+from control_plane.dashboard import setup_dashboard
 from control_plane.db.engine import create_engine_for, redact, sqlite_file
 from control_plane.db.migrate import check_current
 from control_plane.errors import SchemaOutOfDate
@@ -54,6 +55,7 @@ def build_app(settings: ControlPlaneSettings) -> web.Application:
     setup_device_identity(app)  # after the database: the CRL is rewritten from it
     app.cleanup_ctx.append(_assignments)
     app.cleanup_ctx.append(_rollouts)  # after the assignments it reissues through
+    setup_dashboard(app)  # the operator dashboard at `/`; after the services it reads
     # Long polls end when the server stops, not when aiohttp's shutdown timeout runs out.
     app.on_shutdown.append(_end_long_polls)
     return app

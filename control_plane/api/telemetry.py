@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import device_history
 from control_plane.api.errors import InvalidRequest
 from control_plane.api.routes import (
     DEVICE_ID_PARAMETER,
@@ -30,7 +30,7 @@ from control_plane.api.routes import (
 )
 from control_plane.api.state import ENGINE, INGEST, MQTT, SETTINGS
 from control_plane.db.engine import open_session
-from control_plane.db.models import Device, DeviceEvent, PresenceChange
+from control_plane.db.models import Device, DeviceEvent
 from control_plane.errors import UnknownDevice
 from control_plane.fleet_stats import device_series
 from control_plane.ingest import IngestService, IngestSettings
@@ -108,13 +108,9 @@ async def device_events(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     limit = _limit(request)
     before = _time(request.query.get("before"), "before")
-    query = select(DeviceEvent).where(DeviceEvent.device_id == device_id)
-    if before is not None:
-        query = query.where(DeviceEvent.time < before)
-    query = query.order_by(DeviceEvent.time.desc(), DeviceEvent.seq.desc()).limit(limit)
     async with open_session(request.app[ENGINE]) as session:
         await _device(session, device_id)
-        events = list(await session.scalars(query))
+        events = await device_history.device_events(session, device_id, limit, before)
     body = {
         "device_id": device_id,
         "events": [_event_json(event) for event in events],
@@ -127,15 +123,9 @@ async def device_presence(request: web.Request) -> web.Response:
     """Whether a device is online, when it was last heard from, and its changes, newest first."""
     device_id = request.match_info["device_id"]
     limit = _limit(request)
-    query = (
-        select(PresenceChange)
-        .where(PresenceChange.device_id == device_id)
-        .order_by(PresenceChange.time.desc(), PresenceChange.id.desc())
-        .limit(limit)
-    )
     async with open_session(request.app[ENGINE]) as session:
         device = await _device(session, device_id)
-        changes = list(await session.scalars(query))
+        changes = await device_history.presence_changes(session, device_id, limit)
         body = {
             "device_id": device_id,
             "online": device.online,
