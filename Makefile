@@ -13,7 +13,7 @@ PORT ?= 8000
 help:
 	@echo "make demo   set up, then broker, control plane and an agent serving a signed model (Ctrl-C stops)"
 	@echo "make test   set up, then ruff, mypy --strict and pytest"
-	@echo "make bench  serving, bundle and reporting benchmarks; write docs/benchmarks.md"
+	@echo "make bench  every benchmark (serving, bundles, reporting, dashboard, fleet, batch); writes docs/benchmarks.md"
 
 # The virtual environment, with the project (all extras) and the dev tools.
 $(STAMP): pyproject.toml
@@ -67,6 +67,7 @@ bench: venv
 	$(BIN)/python -m bench.reporting
 	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.batch
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
