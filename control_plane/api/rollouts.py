@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
@@ -40,7 +41,9 @@ def rollout_controller(request: web.Request) -> RolloutController:
     return controller
 
 
-async def rollout_json(session: Any, rollout: Rollout, with_devices: bool) -> dict[str, Any]:
+async def rollout_json(
+    session: AsyncSession, rollout: Rollout, with_devices: bool
+) -> dict[str, Any]:
     """A rollout with its waves, its device counts and (on request) each device's state."""
     waves = await waves_of(session, rollout.id)
     body: dict[str, Any] = {
