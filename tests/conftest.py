@@ -11,8 +11,10 @@ import pytest
 
 # Any single callback that holds the loop longer than this fails the test. It is a guard
 # against blocking calls (runtime inference, file hashing, big decodes on the loop), set far
-# above what any non-blocking callback takes even on a loaded machine.
-BLOCKED_LOOP_SECONDS = 0.5
+# above what any non-blocking callback takes even on a loaded machine. It was 0.5 s until the
+# suite started PostgreSQL, Mosquitto, Chromium and agent processes beside the tests on CI's
+# two cores: a step the OS deschedules there was measured at 0.6-0.7 s of wall time.
+BLOCKED_LOOP_SECONDS = 1.0
 
 
 class _SlowCallbackRecorder(logging.Handler):

@@ -17,11 +17,11 @@ def test_blocking_call_fails_the_test(pytester: pytest.Pytester) -> None:
         import time
 
         async def test_blocks():
-            time.sleep(0.8)  # a synchronous call on the event loop
+            time.sleep(1.5)  # a synchronous call on the event loop
             await asyncio.sleep(0)
 
         async def test_cooperates():
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(1.5)
         """
     )
     # A subprocess, so that the inner run's asyncio log records stay out of this test's guard.

@@ -35,14 +35,9 @@ def alembic_config(url: str) -> Config:
 async def upgrade(url: str, revision: str = "head") -> None:
     """Apply every migration up to `revision` to the database at `url`.
 
-    Alembic is synchronous: it imports the revision scripts and runs DDL through `run_sync`,
-    which would hold the caller's event loop for the whole migration. It runs on an event
-    loop of its own in a worker thread instead.
+    Alembic is synchronous and runs through `run_sync` on this loop: fine for `cp migrate` and
+    tests, and the server itself only checks the revision (`check_current`).
     """
-    await asyncio.to_thread(asyncio.run, _upgrade(url, revision))
-
-
-async def _upgrade(url: str, revision: str) -> None:
     config = alembic_config(url)
     engine = create_engine_for(url)
 
