@@ -289,7 +289,9 @@ def drained_after(listener: Listener, restarted_at: float, sent: int) -> list[Re
             and totals(messages)["requests"] >= sent
         )
 
-    return listener.wait(done, timeout=30, what=f"the drained outbox and {sent} requests")
+    # The agent retries the broker after 1, 2, 4 ... s, capped at 30 s and jittered, so after a
+    # 30 s outage its next attempt may come up to 30 s after the broker is back; then it drains.
+    return listener.wait(done, timeout=75, what=f"the drained outbox and {sent} requests")
 
 
 def arrivals(listener: Listener) -> str:
