@@ -199,10 +199,12 @@ def test_parquet_in_and_out(sample_models: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(np.load(tmp_path / "w.npy"), direct, rtol=0, atol=1e-6)
 
 
-@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed")
 def test_parquet_without_pyarrow_says_how_to_install_it(
-    sample_models: Path, tmp_path: Path
+    sample_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As if pyarrow were not installed: a None entry makes its import fail.
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     np.save(tmp_path / "rows.npy", mlp_rows(4))
     code, _, err = score(sample_models, tmp_path / "rows.npy", tmp_path / "s.parquet")
     assert code == 1
