@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane import audit, tokens
+from control_plane import tokens
 from control_plane.api.app import serve as serve_api
 from control_plane.cli import DATABASE_URL_ENV
 from control_plane.db.engine import (
@@ -82,10 +82,7 @@ async def _in_session(url: str, work: Callable[[AsyncSession], Awaitable[int]]) 
 
 async def _create(args: argparse.Namespace, url: str) -> int:
     async def work(session: AsyncSession) -> int:
-        token, secret = await tokens.issue_token(session, args.name, Role(args.role))
-        await audit.record(
-            session, CLI_ACTOR, "token.create", f"token:{token.id}", None, tokens.describe(token)
-        )
+        token, secret = await tokens.issue_audited(session, CLI_ACTOR, args.name, Role(args.role))
         print(secret)
         print(
             f"token {token.id} ({token.role.value}) created; store it now, "
@@ -125,10 +122,7 @@ async def _revoke(args: argparse.Namespace, url: str) -> int:
         if token.revoked_at is not None:
             print(f"token {token.id} was already revoked at {_when(token.revoked_at)}")
             return 0
-        before = tokens.describe(token)
-        await tokens.revoke(session, token.id)
-        after = tokens.describe(token)
-        await audit.record(session, CLI_ACTOR, "token.revoke", f"token:{token.id}", before, after)
+        await tokens.revoke_audited(session, CLI_ACTOR, token.id)
         print(f"token {token.id} revoked", file=sys.stderr)
         return 0
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane import audit
 from control_plane.db.models import OperatorToken, utcnow
 from control_plane.errors import UnknownToken
 from control_plane.roles import Role, allows
@@ -83,6 +84,27 @@ async def revoke(session: AsyncSession, token_id: int) -> OperatorToken:
     token = await get_token(session, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+    return token
+
+
+async def issue_audited(
+    session: AsyncSession, actor: str, name: str, role: Role
+) -> tuple[OperatorToken, str]:
+    """Issue a token and audit it in the same transaction (the API, dashboard and CLI way)."""
+    token, secret = await issue_token(session, name, role)
+    await audit.record(session, actor, "token.create", f"token:{token.id}", None, describe(token))
+    return token, secret
+
+
+async def revoke_audited(session: AsyncSession, actor: str, token_id: int) -> OperatorToken:
+    """Revoke a token and audit it; one already revoked changes (and audits) nothing."""
+    token = await get_token(session, token_id)
+    if token.revoked_at is None:
+        before = describe(token)
+        await revoke(session, token_id)
+        await audit.record(
+            session, actor, "token.revoke", f"token:{token.id}", before, describe(token)
+        )
     return token
 
 

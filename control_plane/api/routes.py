@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from control_plane import audit, tokens
+from control_plane import tokens
 from control_plane.api.auth import actor, caller
 from control_plane.api.errors import InvalidRequest
 from control_plane.api.models import download_bundle, get_model_version, list_models, upload_model
@@ -114,16 +114,7 @@ async def create_token(request: web.Request) -> web.Response:
     """Issue a token; the response is the only place its secret ever appears."""
     name, role = _token_request(await json_object(request))
     async with open_session(request.app[ENGINE]) as session:
-        token, secret = await tokens.issue_token(session, name, role)
-        await audit.record(
-            session,
-            actor(caller(request)),
-            "token.create",
-            f"token:{token.id}",
-            None,
-            tokens.describe(token),
-        )
-        await session.flush()
+        token, secret = await tokens.issue_audited(session, actor(caller(request)), name, role)
         body = {"token": token_json(token), "secret": secret}
     return web.json_response(body, status=201)
 
@@ -132,18 +123,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     """Revoke a token; revoking one already revoked changes (and audits) nothing."""
     token_id = parse_int(request.match_info["id"], "token id")
     async with open_session(request.app[ENGINE]) as session:
-        token = await tokens.get_token(session, token_id)
-        if token.revoked_at is None:
-            before = tokens.describe(token)
-            await tokens.revoke(session, token_id)
-            await audit.record(
-                session,
-                actor(caller(request)),
-                "token.revoke",
-                f"token:{token.id}",
-                before,
-                tokens.describe(token),
-            )
+        token = await tokens.revoke_audited(session, actor(caller(request)), token_id)
         body = {"token": token_json(token)}
     return web.json_response(body)
 

@@ -68,10 +68,7 @@ async def create_token(request: web.Request) -> web.Response:
         raise InvalidRequest(f"the name is longer than {MAX_NAME} characters")
     role = Role.parse(str(form.get("role", "")))
     async with open_session(request.app[ENGINE]) as session:
-        token, secret = await tokens.issue_token(session, name, role)
-        after = tokens.describe(token)
-        who = actor(caller(request))
-        await audit.record(session, who, "token.create", f"token:{token.id}", None, after)
+        token, secret = await tokens.issue_audited(session, actor(caller(request)), name, role)
     return await _tokens_page(request, secret, name or f"token {token.id}", 201)
 
 
@@ -79,13 +76,8 @@ async def revoke_token(request: web.Request) -> web.Response:
     """Revoke a token (already revoked: nothing changes)."""
     raw = request.match_info["id"]
     async with open_session(request.app[ENGINE]) as session:
-        token = await tokens.get_token(session, int(raw) if raw.isdigit() else -1)
-        if token.revoked_at is None:
-            before = tokens.describe(token)
-            await tokens.revoke(session, token.id)
-            after = tokens.describe(token)
-            who = actor(caller(request))
-            await audit.record(session, who, "token.revoke", f"token:{token.id}", before, after)
+        token_id = int(raw) if raw.isdigit() else -1
+        await tokens.revoke_audited(session, actor(caller(request)), token_id)
     return redirect(request, "/tokens", f"Token {raw} revoked.")
 
 
