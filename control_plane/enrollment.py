@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from control_plane import audit
 from control_plane.ca import CertificateAuthority, IssuedCertificate, check_csr
 from control_plane.db.models import Device, DeviceCertificate, EnrollmentToken
 from control_plane.devices import set_groups, set_labels
@@ -75,7 +76,10 @@ class Enrollment:
 async def issue_enrollment_token(
     session: AsyncSession, created_by: str, preset: DevicePreset, ttl_s: float, now: datetime
 ) -> tuple[EnrollmentToken, str]:
-    """Add a token valid for `ttl_s`; return its row and the secret, which is never stored."""
+    """Add a token valid for `ttl_s`, audited as `created_by`'s; return its row and the secret.
+
+    The secret is never stored, only its hash.
+    """
     secret = ENROLL_TOKEN_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
     token = EnrollmentToken(
         token_hash=hash_secret(secret),
@@ -88,6 +92,14 @@ async def issue_enrollment_token(
     )
     session.add(token)
     await session.flush()
+    await audit.record(
+        session,
+        created_by,
+        "enroll_token.create",
+        f"enroll-token:{token.id}",
+        None,
+        describe_token(token, now),
+    )
     return token, secret
 
 

@@ -121,8 +121,6 @@ async def create_enroll_token(request: web.Request) -> web.Response:
     async with open_session(request.app[ENGINE]) as session:
         token, secret = await issue_enrollment_token(session, who, preset, float(ttl_s), now)
         described = describe_token(token, now)
-        target = f"enroll-token:{token.id}"
-        await audit.record(session, who, "enroll_token.create", target, None, described)
     return web.json_response({"token": described, "secret": secret}, status=201)
 
 

