@@ -24,7 +24,7 @@ from bench.bundle_plan import (
     median_phase,
     median_to_serving,
 )
-from bench.report import machine, markers, verdict, write_section
+from bench.report import aligned_table, machine, markers, verdict, write_section
 from bench.verify_speed import MB
 
 SECTION = "bundles"
@@ -46,14 +46,7 @@ class Figure:
 
 def table(rows: Sequence[Figure]) -> str:
     """An aligned Markdown table (readable in a terminal too)."""
-    cells = [list(HEADERS), *([str(cell) for cell in astuple(row)] for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in cells
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return aligned_table(HEADERS, [[str(cell) for cell in astuple(row)] for row in rows])
 
 
 def verification_rows(results: BundleResults) -> list[Figure]:

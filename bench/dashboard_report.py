@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.dashboard_fleet import DETAIL_DEVICES, SeededFleet
-from bench.report import machine
+from bench.report import aligned_table, machine
 
 SECTION = "dashboard"
 TARGET_MS = 300.0
@@ -78,13 +78,7 @@ HEADERS = ["figure", "p50 ms", "p95 ms", "baseline p50 / p95 ms", "ratio (p95)",
 
 def markdown_table(figures: Sequence[Figure]) -> str:
     """An aligned Markdown table of the figures."""
-    rows = [HEADERS, *(f.cells() for f in figures)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return aligned_table(HEADERS, [f.cells() for f in figures])
 
 
 def render_section(

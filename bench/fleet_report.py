@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.fleet_convergence import TARGET_S, Convergence
 from bench.fleet_devices import P95_TARGET_MS, QueryTiming
-from bench.report import machine, markers, verdict, write_section
+from bench.report import aligned_table, machine, markers, verdict, write_section
 
 SECTION = "fleet"
 ANALYSIS_MARK = "<!-- bench:fleet:analysis -->"
@@ -86,14 +86,7 @@ class Figure:
 
 def table(rows: Sequence[Figure]) -> str:
     """An aligned Markdown table (readable in a terminal too)."""
-    cells = [list(HEADERS), *([str(cell) for cell in astuple(row)] for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in cells
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return aligned_table(HEADERS, [[str(cell) for cell in astuple(row)] for row in rows])
 
 
 def ingest_rows(way: str, ingest: IngestFigures) -> list[Figure]:

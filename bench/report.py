@@ -108,16 +108,21 @@ def ceiling_row(
     )
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
-    """An aligned Markdown table (readable in a terminal too)."""
-    cells = [list(HEADERS), *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
+def aligned_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An aligned Markdown table (readable in a terminal too); every benchmark's tables."""
+    cells = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
     lines = [
         "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
         for line in cells
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The serving benchmark's table."""
+    return aligned_table(HEADERS, [row.cells() for row in rows])
 
 
 def markers(section: str) -> tuple[str, str]:
