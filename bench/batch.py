@@ -32,11 +32,10 @@ import numpy as np
 
 from agent.sample_models import write_sample_models
 from bench import BenchError, say, stop_on_sigterm
-from bench.processes import REPO, edgefleet_executable
-from bench.report import machine, write_section
+from bench.processes import edgefleet_executable
+from bench.report import add_output_option, command_line, machine, write_section
 
 SECTION = "batch"
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 RUNS = 5
 
 
@@ -205,16 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print the table, and update the Markdown file."""
     parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the rows")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     args = parser.parse_args(argv)
     stop_on_sigterm()
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.batch", *given])
+    command = command_line("bench.batch", argv)
     load_before = os.getloadavg()[0]
     try:
         with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:

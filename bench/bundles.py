@@ -17,7 +17,6 @@ releases, assignments), `verify_speed`, `activations` (the agent and its event l
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -39,16 +38,14 @@ from bench.processes import (
     AGENT_READY_PATH,
     FIRST_READY_DEADLINE_S,
     READY_DEADLINE_S,
-    REPO,
     Command,
     running,
 )
 from bench.releases import MODEL, Release, ReleaseDesk, write_weights
-from bench.report import versions
+from bench.report import add_output_option, command_line, versions
 from bench.verify_speed import MB, measure_verification
 from bench.wrk import WrkResult, ensure_wrk, run_wrk
 
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 PLAIN_GET_RUNS = 3
 
 
@@ -191,12 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="fewer rounds and activations, 3 s windows"
     )
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     args = parser.parse_args(argv)
     if args.size_mb is not None and args.size_mb < 1:
         parser.error("--size-mb must be at least 1")
@@ -208,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     plan = Plan.of(args.size_mb, args.quick)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.bundles", *given])
+    command = command_line("bench.bundles", argv)
     try:
         results = collect(plan)
         section = render_section(results, command)

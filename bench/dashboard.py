@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import datetime
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -37,14 +36,13 @@ from bench import BenchError, say, stop_on_sigterm
 from bench.dashboard_fleet import SeededFleet, seed
 from bench.dashboard_report import SECTION, WARMUP, Figure, Timing, render_section
 from bench.processes import REPO, running
-from bench.report import write_section
+from bench.report import add_output_option, command_line, write_section
 from control_plane.dashboard.views.overview import load_overview
 from control_plane.db.engine import create_engine_for, default_database_url, open_session
 from control_plane.db.migrate import upgrade
 from control_plane.roles import Role
 from control_plane.tokens import create_token
 
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 SCREENSHOTS = REPO / "docs" / "img"
 CHROMIUM = Path("/usr/bin/chromium")
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -295,12 +293,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=10_000, metavar="N")
     parser.add_argument("--requests", type=int, default=200, metavar="N", help="per figure")
     parser.add_argument("--no-screenshots", action="store_true", help="skip docs/img/")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     return parser.parse_args(argv)
 
 
@@ -308,8 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and update the Markdown file."""
     args = parse_args(argv)
     stop_on_sigterm()
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.dashboard", *given])
+    command = command_line("bench.dashboard", argv)
     try:
         fleet, figures, saved, _ = asyncio.run(
             collect(max(100, args.devices), max(10, args.requests), not args.no_screenshots)

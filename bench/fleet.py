@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,10 @@ from bench.fleet_cp import control_plane, migrate_and_token
 from bench.fleet_devices import seed_fleet, time_queries
 from bench.fleet_ingest import measure_ingest
 from bench.fleet_report import SECTION, FleetResults, Listing, render_section, write_fleet_section
-from bench.processes import REPO, free_port
+from bench.processes import free_port
+from bench.report import add_output_option, command_line
 from control_plane.db.engine import default_database_url
 from shared.mqtt.broker import find_program
-
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True)
@@ -141,12 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     for part in ("ingest", "convergence", "list"):
         parser.add_argument(f"--skip-{part}", action="store_true", help=f"leave out the {part}")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     args = parser.parse_args(argv)
     if args.skip_ingest and args.skip_convergence and args.skip_list:
         parser.error("every part is skipped")
@@ -165,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     plan = Plan.of(args)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.fleet", *given])
+    command = command_line("bench.fleet", argv)
     try:
         results = collect(plan, args)
         section = render_section(results, command)

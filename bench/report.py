@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
@@ -167,3 +170,22 @@ def versions(wrk: str) -> str:
             found.append(f"{name} {importlib.metadata.version(name)}")
     found.append(wrk_version(wrk))
     return ", ".join(found)
+
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """Every benchmark's `--output FILE` (the Markdown file its section is written into)."""
+    parser.add_argument(
+        "--output",
+        default=str(BENCHMARKS_MD),
+        metavar="FILE",
+        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
+    )
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run, as written into the section."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([".venv/bin/python", "-m", module, *given])

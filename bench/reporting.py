@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import datetime
 import importlib.metadata
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,8 +47,17 @@ from agent.telemetry.outbox import EVENT, Outbox
 from agent.telemetry.reporter import ReporterSettings, TelemetryReporter
 from bench import BenchError, say, stop_on_sigterm
 from bench.payloads import Payload, build_payloads
-from bench.processes import AGENT_READY_PATH, REPO, Server, edgefleet_executable, running
-from bench.report import Row, machine, markdown_table, verdict, versions, write_section
+from bench.processes import AGENT_READY_PATH, Server, edgefleet_executable, running
+from bench.report import (
+    Row,
+    add_output_option,
+    command_line,
+    machine,
+    markdown_table,
+    verdict,
+    versions,
+    write_section,
+)
 from bench.wrk import LUA_SCRIPT, WrkResult, ensure_wrk, parse_wrk
 from shared.mqtt.broker import MosquittoBroker, find_program
 from shared.mqtt.client import MqttClient, MqttSettings
@@ -57,7 +65,6 @@ from shared.mqtt.envelope import SCHEMA_EVENT, SCHEMA_TELEMETRY, Envelope, encod
 from shared.mqtt.topics import device_filter, device_topic, parse_topic
 
 SECTION = "reporting"
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 WINDOW = 32  # QoS 1 messages published before waiting for their PUBACKs (PUBLISH_WINDOW)
 REPORTS = 300  # telemetry reports timed for the CPU cost of one
 CPU_TARGET_PERCENT = 1.0
@@ -551,12 +558,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=2000, metavar="N")
     parser.add_argument("--duration", type=int, default=20, metavar="S", help="measured seconds")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     return parser.parse_args(argv)
 
 
@@ -564,8 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and update the Markdown file."""
     args = parse_args(argv)
     stop_on_sigterm()
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.reporting", *given])
+    command = command_line("bench.reporting", argv)
     duration = max(2, args.duration)
     try:
         wrk = ensure_wrk()

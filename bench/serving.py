@@ -14,7 +14,6 @@ modules they use.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,6 @@ from bench.processes import (
     AGENT_READY_PATH,
     FIRST_READY_DEADLINE_S,
     READY_DEADLINE_S,
-    REPO,
     TRIVIAL_READY_PATH,
     AgentLaunch,
     Command,
@@ -58,11 +56,9 @@ from bench.processes import (
     trivial_command,
 )
 from bench.raw_runtime import raw_rates
-from bench.report import versions, write_section
+from bench.report import add_output_option, command_line, versions, write_section
 from bench.serving_report import SECTION, render_section
 from bench.wrk import WrkResult, ensure_wrk, run_wrk
-
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True)
@@ -232,12 +228,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=int, default=8, metavar="S", help="seconds per run")
     parser.add_argument("--quick", action="store_true", help="3 s per run")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        metavar="FILE",
-        help="Markdown file to update ('-' to only print; default docs/benchmarks.md)",
-    )
+    add_output_option(parser)
     parser.add_argument("--policy", choices=["latency", "throughput"], default="throughput")
     parser.add_argument("--batch-delay-us", type=int, default=500, metavar="US")
     return parser.parse_args(argv)
@@ -248,8 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     duration = 3 if args.quick else max(1, args.duration)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join([".venv/bin/python", "-m", "bench.serving", *given])
+    command = command_line("bench.serving", argv)
     try:
         results = collect(duration, args.policy, args.batch_delay_us)
         section = render_section(results, command, duration, args.policy)
