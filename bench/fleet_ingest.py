@@ -21,15 +21,20 @@ from typing import Any
 
 from bench import BenchError, say
 from bench.fleet_report import IngestFigures, IngestRun
-from bench.ingest import broker_only, envelopes, publish_all, through_ingest
+from bench.ingest import (
+    broker_only,
+    counting_subscriber,
+    envelopes,
+    publish_all,
+    through_ingest,
+)
 from control_plane.db.engine import create_engine_for, default_database_url, open_session
 from control_plane.db.migrate import upgrade
 from control_plane.db.models import Device
 from control_plane.ingest import IngestService, IngestSettings
 from control_plane.ingest_store import IngestStore
 from shared.mqtt.broker import MosquittoBroker
-from shared.mqtt.client import Message, MqttClient, MqttSettings
-from shared.mqtt.topics import fleet_filter
+from shared.mqtt.client import MqttClient, MqttSettings
 
 PUBLISHER_READY_S = 60.0
 DONE_DEADLINE_S = 300.0
@@ -86,18 +91,8 @@ async def _cpu(measure: Measure) -> tuple[float, float]:
 
 async def _counted_apart(broker: MosquittoBroker, messages: int, devices: int) -> float:
     """The baseline with the publisher apart: a subscriber that only counts."""
-    received = 0
-
-    def count(message: Message) -> None:
-        nonlocal received
-        received += 1
-
-    group = f"$share/bench-{uuid.uuid4().hex[:6]}/{fleet_filter('telemetry')}"
-    async with MqttClient(MqttSettings(broker.url, "bench-counter")) as client:
-        await client.wait_connected(10)
-        await client.subscribe(group)
-        client.on_message.append(count)
-        return await _publish_apart(broker, messages, devices, lambda: received >= messages)
+    async with counting_subscriber(broker) as received:
+        return await _publish_apart(broker, messages, devices, lambda: received() >= messages)
 
 
 async def _stored_apart(broker: MosquittoBroker, messages: int, devices: int, url: str) -> float:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from control_plane.db.engine import create_engine_for, default_database_url, open_session
@@ -83,8 +84,9 @@ async def timed(
             await asyncio.sleep(0.005)
 
 
-async def broker_only(broker: MosquittoBroker, batch: list[tuple[str, bytes]]) -> float:
-    """The baseline: seconds until a subscriber that only counts has every message."""
+@contextlib.asynccontextmanager
+async def counting_subscriber(broker: MosquittoBroker) -> AsyncIterator[Callable[[], int]]:
+    """A subscriber to every device's telemetry that only counts; yields how many so far."""
     received = 0
 
     def count(message: Message) -> None:
@@ -96,7 +98,13 @@ async def broker_only(broker: MosquittoBroker, batch: list[tuple[str, bytes]]) -
         await client.wait_connected(10)
         await client.subscribe(group)
         client.on_message.append(count)
-        return await timed(broker, batch, lambda: received >= len(batch))
+        yield lambda: received
+
+
+async def broker_only(broker: MosquittoBroker, batch: list[tuple[str, bytes]]) -> float:
+    """The baseline: seconds until a subscriber that only counts has every message."""
+    async with counting_subscriber(broker) as received:
+        return await timed(broker, batch, lambda: received() >= len(batch))
 
 
 async def through_ingest(
