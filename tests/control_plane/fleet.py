@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control_plane.api.app import build_app
+from control_plane.api.app import build_app, serve
 from control_plane.db.engine import open_session
 from control_plane.roles import Role
 from control_plane.settings import ControlPlaneSettings
@@ -92,3 +93,16 @@ async def device_session(key: DeviceKey, device_id: str) -> AsyncIterator[aiohtt
     """A client session that signs every request as `device_id`."""
     async with aiohttp.ClientSession(middlewares=(DeviceRequestSigner(key, device_id),)) as s:
         yield s
+
+
+@asynccontextmanager
+async def serving(settings: ControlPlaneSettings) -> AsyncIterator[str]:
+    """`cp serve` on this loop (port 0 picks a free one); yields its URL, stops it afterwards."""
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(settings, stop, port.set_result))
+    try:
+        yield f"http://127.0.0.1:{await asyncio.wait_for(port, 30)}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from control_plane.api.app import serve
 from control_plane.db.engine import create_engine_for, default_database_url, open_session
 from control_plane.db.migrate import upgrade
 from control_plane.db.models import Device, DeviceGroup
@@ -22,6 +21,7 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.tokens import create_token
 from shared.key_directory import KeyDirectory
 from tests.agent.bundles.factory import Fleet
+from tests.control_plane.fleet import serving
 
 EDGEFLEET = [sys.executable, "-m", "shared.cli"]
 
@@ -71,16 +71,10 @@ async def operator(tmp_path: Path) -> AsyncIterator[Operator]:
         {}, data_dir=tmp_path / "cp", database_url=database_url, keys_dir=keys.path, port=0
     )
     settings.data_dir.mkdir()
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(settings, stop, port.set_result))
     bundles = Fleet(tmp_path / "bundles")
     bundles.release_key = keys.load_key("release")
-    try:
-        yield Operator(f"http://127.0.0.1:{await asyncio.wait_for(port, 30)}", token, bundles)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 30)
+    async with serving(settings) as url:
+        yield Operator(url, token, bundles)
 
 
 async def test_push_list_enroll_token_and_a_rollout(operator: Operator) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from control_plane.api.app import serve
 from control_plane.client import ControlPlaneClient
 from control_plane.db.engine import create_engine_for, open_session
 from control_plane.db.migrate import upgrade
@@ -31,6 +30,7 @@ from control_plane.tokens import create_token
 from shared.key_directory import KeyDirectory
 from shared.mqtt.broker import MosquittoBroker
 from tests.agent.polling import until
+from tests.control_plane.fleet import serving
 from tests.shared.mqtt.conftest import mosquitto  # noqa: F401
 
 FINAL = ("completed", "aborted", "rolled_back")
@@ -82,14 +82,8 @@ async def control_plane(
         ingest_batch_delay_s=0.05,
     )
     settings.data_dir.mkdir()
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(settings, stop, port.set_result))
-    try:
-        yield ControlPlane(f"http://127.0.0.1:{await asyncio.wait_for(port, 30)}", token)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 30)
+    async with serving(settings) as url:
+        yield ControlPlane(url, token)
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.api.app import serve
 from control_plane.client import ControlPlaneClient
 from control_plane.db.engine import create_engine_for, default_database_url, open_session
 from control_plane.db.migrate import upgrade
@@ -31,6 +30,7 @@ from shared.key_directory import KeyDirectory
 from shared.mqtt.broker import MosquittoBroker
 from tests.agent.bundles.factory import BuiltBundle, Fleet
 from tests.agent.polling import until
+from tests.control_plane.fleet import serving
 
 DEVICES = 6
 FINAL = ("completed", "aborted", "rolled_back")
@@ -115,11 +115,7 @@ async def running_fleet(work: Path, broker: MosquittoBroker) -> AsyncIterator[Da
         ingest_batch_delay_s=0.05,
     )
     settings.data_dir.mkdir()
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(settings, stop, port.set_result))
-    try:
-        url = f"http://127.0.0.1:{await asyncio.wait_for(port, 30)}"
+    async with serving(settings) as url:
         group = f"dash{secrets.token_hex(3)}"  # the session's broker keeps retained messages
         simulator = FleetSimulator(
             SimSettings(
@@ -153,6 +149,3 @@ async def running_fleet(work: Path, broker: MosquittoBroker) -> AsyncIterator[Da
         finally:
             stop_sim.set()
             await asyncio.wait_for(sim_task, 30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 30)
