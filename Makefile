@@ -8,11 +8,12 @@ DEMO_DIR ?= .demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help venv system-deps lint test demo bench clean
+.PHONY: help venv system-deps lint test demo bench chaos clean
 
 help:
 	@echo "make demo   set up, then broker, control plane and an agent serving a signed model (Ctrl-C stops)"
 	@echo "make test   set up, then ruff, mypy --strict and pytest"
+	@echo "make chaos  faults, overload, soak and fuzzing against real processes; writes docs/reliability.md"
 	@echo "make bench  every benchmark (serving, bundles, reporting, dashboard, fleet, batch); writes docs/benchmarks.md"
 
 # The virtual environment, with the project (all extras) and the dev tools.
@@ -68,6 +69,11 @@ bench: venv
 	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.batch
+
+# The chaos suite (about 50 minutes; CHAOS_ARGS=--quick for the few-minute setting of make test).
+CHAOS_ARGS ?=
+chaos: system-deps venv
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

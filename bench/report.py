@@ -133,10 +133,13 @@ def markers(section: str) -> tuple[str, str]:
     return f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
 
 
-def write_section(path: Path, section: str, generated: str) -> None:
-    """Replace the text between the section's markers in `path`, or append it; keep the rest."""
+def write_section(path: Path, section: str, generated: str, intro: str = INTRO) -> None:
+    """Replace the text between the section's markers in `path`, or append it; keep the rest.
+
+    `intro` starts the file when it does not exist yet.
+    """
     start_mark, end_mark = markers(section)
-    text = path.read_text() if path.exists() else INTRO
+    text = path.read_text() if path.exists() else intro
     start, end = text.find(start_mark), text.find(end_mark)
     if start != -1 and end > start:
         text = text[:start] + generated + text[end + len(end_mark) :]
