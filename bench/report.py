@@ -32,13 +32,21 @@ HEADERS = (
 
 INTRO = """# Benchmarks
 
-Each section below is written by a script that measures its baselines in the same run and
-prints ratios against them. The numbers come from a shared machine and are noisy: compare the
-ratios, and rerun before drawing conclusions from a small difference.
+`make bench` (`.venv/bin/python -m bench`) runs every benchmark below one after the other, each
+in its own process, and writes this page: each section holds its figures beside the baselines
+it measured in the same run, as ratios, with the machine, the command and the date; the summary
+first gathers every target's verdict. The numbers come from a shared machine and are noisy:
+compare the ratios, and rerun before drawing conclusions from a small difference.
 
-To reproduce, from the repository root (`make bench` will run these later):
+One benchmark at a time, from the repository root (`--only NAME` does the same through
+`make bench BENCH_ARGS='--only serving'`):
 
     .venv/bin/python -m bench.serving            # 2-3 minutes on 2 vCPUs; --quick: 1 minute
+    .venv/bin/python -m bench.bundles            # about 1 minute; --quick: 20 s
+    .venv/bin/python -m bench.reporting          # about 35 s
+    .venv/bin/python -m bench.fleet              # about 2 minutes (+20 s first time); --quick: 45 s
+    .venv/bin/python -m bench.dashboard          # about 5 minutes
+    .venv/bin/python -m bench.batch              # a few minutes
 """
 
 
