@@ -293,6 +293,7 @@ class Deployment:
         self.services: list[Service] = []
         self.traffic: list[Traffic] = []
         self.rollouts: list[int] = []  # their documents go into every failure message
+        self.secrets: list[str] = []  # tokens handed out, which no log may hold
 
     def __enter__(self) -> Deployment:
         return self
@@ -318,6 +319,28 @@ class Deployment:
         finally:  # the processes are stopped whatever happened to the threads
             codes = {service.name: service.stop() for service in reversed(self.services)}
         return codes
+
+    def leaked_secrets(self, secrets: Sequence[str]) -> list[tuple[str, str]]:
+        """(log file, secret) for every given secret or private key that a process log holds.
+
+        Besides `secrets` (tokens), every private key file under the deployment's root is a
+        secret: each line of its PEM body is looked for, so a key logged whole or in part shows.
+        """
+        needles = [s for s in secrets if s]
+        keys = 0
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and path.suffix != ".log" and path.stat().st_size < 64_000:
+                text = path.read_bytes().decode("ascii", errors="ignore")
+                if "PRIVATE KEY-----" in text:
+                    keys += 1
+                    needles += [ln for ln in text.splitlines() if ln and "-----" not in ln]
+        assert keys, f"no private key file under {self.root}: nothing to look for"
+        return [
+            (log.name, needle[:12] + "...")
+            for log in sorted(self.root.rglob("*.log"))
+            for needle in needles
+            if needle in log.read_text(errors="replace")
+        ]
 
     def report(self) -> str:
         """What the failure message shows: rollouts as the control plane has them, log tails."""

@@ -122,6 +122,7 @@ def start_agents(world: Deployment, cp: ControlPlane, keys: Path) -> list[EdgeAg
     for index in range(AGENTS):
         agent = EdgeAgent(f"e2e-{index}", world.root / f"agent-{index}")
         token = cp.operator_json("enroll-token", "create", "--group", GROUP)["secret"]
+        world.secrets.append(token)
         edgefleet(
             "agent", "enroll", "--cp", cp.url, "--token", token, "--state", str(agent.state_dir),
             "--device-id", agent.device_id, "--root-key", str(keys / "root.pub"),
@@ -344,6 +345,9 @@ def test_a_slow_canary_is_rolled_back_and_every_device_serves_v1_again(
         world.check_alive("checking the outcome")
         # SIGTERM ends every process cleanly.
         assert set(world.close().values()) == {0}, world.report()
+        # No process logged a token or any line of a private key (the agents' device keys, the
+        # operator's keys, the control plane's CA and assignment keys).
+        assert world.leaked_secrets([cp.token, *world.secrets]) == []
     print(
         f"end to end in {time.monotonic() - began:.1f} s; canary gates: "
         f"{[(g['gate'], g['detail']) for g in canary_wave['gate_results']['gates']]}; "
