@@ -8,12 +8,13 @@ DEMO_DIR ?= .demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help venv system-deps lint test demo bench chaos clean
+.PHONY: help venv system-deps lint test demo bench chaos audit clean
 
 help:
 	@echo "make demo   set up, then broker, control plane and an agent serving a signed model (Ctrl-C stops)"
 	@echo "make test   set up, then ruff, mypy --strict and pytest"
 	@echo "make chaos  faults, overload, soak and fuzzing against real processes; writes docs/reliability.md"
+	@echo "make audit  pip-audit of the installed packages (needs pypi.org or api.osv.dev)"
 	@echo "make bench  every benchmark (serving, bundles, reporting, dashboard, fleet, batch); writes docs/benchmarks.md"
 
 # The virtual environment, with the project (all extras) and the dev tools.
@@ -72,6 +73,10 @@ bench: system-deps venv
 CHAOS_ARGS ?=
 chaos: system-deps venv
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+# pip-audit of the virtual environment; fails, saying so, when its database is out of reach.
+audit: venv
+	.ci/audit
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
