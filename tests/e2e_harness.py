@@ -320,6 +320,17 @@ class Deployment:
             codes = {service.name: service.stop() for service in reversed(self.services)}
         return codes
 
+    def private_keys(self) -> list[Path]:
+        """Every PEM private key file under the deployment's root (operator, CA, devices)."""
+        return [
+            path
+            for path in sorted(self.root.rglob("*"))
+            if path.is_file()
+            and path.suffix != ".log"
+            and path.stat().st_size < 64_000
+            and b"PRIVATE KEY-----" in path.read_bytes()
+        ]
+
     def leaked_secrets(self, secrets: Sequence[str]) -> list[tuple[str, str]]:
         """(log file, secret) for every given secret or private key that a process log holds.
 
@@ -327,14 +338,11 @@ class Deployment:
         secret: each line of its PEM body is looked for, so a key logged whole or in part shows.
         """
         needles = [s for s in secrets if s]
-        keys = 0
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.suffix != ".log" and path.stat().st_size < 64_000:
-                text = path.read_bytes().decode("ascii", errors="ignore")
-                if "PRIVATE KEY-----" in text:
-                    keys += 1
-                    needles += [ln for ln in text.splitlines() if ln and "-----" not in ln]
+        keys = self.private_keys()
         assert keys, f"no private key file under {self.root}: nothing to look for"
+        for path in keys:
+            text = path.read_text(errors="ignore")
+            needles += [line for line in text.splitlines() if line and "-----" not in line]
         return [
             (log.name, needle[:12] + "...")
             for log in sorted(self.root.rglob("*.log"))

@@ -345,9 +345,14 @@ def test_a_slow_canary_is_rolled_back_and_every_device_serves_v1_again(
         world.check_alive("checking the outcome")
         # SIGTERM ends every process cleanly.
         assert set(world.close().values()) == {0}, world.report()
-        # No process logged a token or any line of a private key (the agents' device keys, the
-        # operator's keys, the control plane's CA and assignment keys).
+        # No process logged a token or any line of a private key, and every private key file
+        # (devices', the operator's, the control plane's CA and assignment keys) is 0600.
         assert world.leaked_secrets([cp.token, *world.secrets]) == []
+        modes = {
+            key.relative_to(tmp_path): key.stat().st_mode & 0o777 for key in world.private_keys()
+        }
+        assert len(modes) >= AGENTS + 3, modes  # device keys; root, release, assignment, CA
+        assert set(modes.values()) == {0o600}, modes
     print(
         f"end to end in {time.monotonic() - began:.1f} s; canary gates: "
         f"{[(g['gate'], g['detail']) for g in canary_wave['gate_results']['gates']]}; "
