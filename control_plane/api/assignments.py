@@ -26,7 +26,13 @@ from control_plane.api.routes import DEVICE_ID_PARAMETER, DEVICE_PATH, Endpoint,
 from control_plane.api.state import ASSIGNMENTS, ENGINE, SETTINGS
 from control_plane.assignments import AssignmentsDisabled, AssignmentService, set_desired
 from control_plane.db.engine import open_session
-from control_plane.db.models import AssignmentRecord, BundleRecord, DesiredModel, Device
+from control_plane.db.models import (
+    INTEGER_MAX,
+    AssignmentRecord,
+    BundleRecord,
+    DesiredModel,
+    Device,
+)
 from control_plane.errors import UnknownDevice, UnknownModel
 from control_plane.roles import Role
 from shared.key_directory import KeyDirectory
@@ -204,8 +210,10 @@ def _wait_seconds(request: web.Request, maximum: float) -> float:
 
 def _version(body: dict[str, Any]) -> int:
     version = body.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidRequest('the body must be {"version": N} with N an integer >= 1')
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= INTEGER_MAX:
+        raise InvalidRequest(
+            f'the body must be {{"version": N}} with N an integer from 1 to {INTEGER_MAX}'
+        )
     extra = sorted(set(body) - {"version"})
     if extra:
         raise InvalidRequest(f"unknown field {extra[0]!r}; the body is {{'version': N}}")
@@ -281,7 +289,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The device's signed assignment (ETag; 304 on If-None-Match; ?wait= long-polls)",
         response="SignedAssignment",
         parameters=(DEVICE_ID_PARAMETER, _WAIT),
-        errors=(400, 404),
+        errors=(304, 400, 404),
         device=True,
     ),
     Endpoint(

@@ -142,10 +142,11 @@ async def enroll(request: web.Request) -> web.Response:
     device_id = parse_device_id(body.get("device_id"))
     if not isinstance(csr, str) or not csr or len(csr) > MAX_CSR_CHARS:
         raise InvalidRequest("csr is required: a PEM certificate signing request (CN = device_id)")
-    if hardware is not None and (
-        not isinstance(hardware, dict) or len(orjson.dumps(hardware)) > MAX_HARDWARE_BYTES
-    ):
-        raise InvalidRequest(f"hardware must be an object of at most {MAX_HARDWARE_BYTES} bytes")
+    if hardware is not None and not _storable_hardware(hardware):
+        raise InvalidRequest(
+            f"hardware must be an object of at most {MAX_HARDWARE_BYTES} bytes of JSON "
+            "(integers within 64 bits, strings of valid Unicode)"
+        )
     settings = request.app[SETTINGS]
     # Read before the token is spent, so a misconfigured control plane burns no tokens.
     root_key, keylist = await asyncio.to_thread(_trust_documents, settings.keys_dir)
@@ -181,6 +182,17 @@ async def enroll(request: web.Request) -> web.Response:
         "region": preset.region,
     }
     return web.json_response(answer, status=201)
+
+
+def _storable_hardware(hardware: object) -> bool:
+    """Whether `hardware` is a JSON object small enough to store, and storable everywhere."""
+    if not isinstance(hardware, dict):
+        return False
+    try:
+        size = len(orjson.dumps(hardware))
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, lone surrogates in strings
+        return False
+    return size <= MAX_HARDWARE_BYTES
 
 
 def _trust_documents(keys_dir: Path | None) -> tuple[str, str]:

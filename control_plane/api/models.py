@@ -15,7 +15,7 @@ from control_plane import audit
 from control_plane.api.auth import actor, caller
 from control_plane.api.state import ENGINE, SETTINGS
 from control_plane.db.engine import open_session
-from control_plane.db.models import BundleRecord
+from control_plane.db.models import INTEGER_MAX, BundleRecord, fits_integer
 from control_plane.errors import (
     BundleTooLarge,
     InvalidBundle,
@@ -144,7 +144,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model_version(request: web.Request) -> web.Response:
     """One version: its summary, digest and manifest."""
     name, raw = request.match_info["name"], request.match_info["version"]
-    version = int(raw) if raw.isdigit() else -1
+    version = _version_number(raw)
     async with open_session(request.app[ENGINE]) as session:
         record = await session.scalar(
             select(BundleRecord).where(BundleRecord.name == name, BundleRecord.version == version)
@@ -153,6 +153,15 @@ async def get_model_version(request: web.Request) -> web.Response:
             raise UnknownModel(f"no model {name!r} version {raw!r}")
         body = {**version_json(record), "manifest": record.manifest}
     return web.json_response(body)
+
+
+def _version_number(raw: str) -> int:
+    """The version a path names; -1 (no stored version) for anything but a storable number."""
+    # ASCII only: str.isdigit() also takes digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(INTEGER_MAX)):
+        return -1
+    version = int(raw)
+    return version if fits_integer(version) else -1
 
 
 class _DigestFileResponse(web.FileResponse):

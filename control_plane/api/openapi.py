@@ -114,12 +114,15 @@ DEVICE_SCHEME = {
 }
 
 _ERROR_TEXT = {
+    206: "Part of the bytes, as the Range header asked",
+    304: "Not modified: If-None-Match names the current ETag",
     400: "Malformed request",
     401: "Missing, unknown or revoked token",
     403: "The token's role is too low",
     404: "No such object",
     409: "Conflicts with what is stored",
     413: "The body is over the size cap",
+    416: "The Range is outside the bytes",
     503: "The database is unavailable; retry later",
 }
 
@@ -159,20 +162,22 @@ def build_document(endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS) -> dict[str,
 
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
-    content = (
-        {"application/json": {"schema": {"$ref": f"#/components/schemas/{endpoint.response}"}}}
-        if endpoint.response
-        else {"application/json": {"schema": {"type": "object"}}}
-    )
+    if endpoint.response == BINARY:
+        content: dict[str, Any] = {"application/octet-stream": {"schema": {"type": "string"}}}
+    elif endpoint.response:
+        ref = {"$ref": f"#/components/schemas/{endpoint.response}"}
+        content = {"application/json": {"schema": ref}}
+    else:
+        content = {"application/json": {"schema": {"type": "object"}}}
     responses: dict[str, Any] = {str(endpoint.status): {"description": "OK", "content": content}}
     errors = set(endpoint.errors) | {503}
     if endpoint.role is not None or endpoint.device:
         errors |= {401, 403}
     for status in sorted(errors):
-        responses[str(status)] = {
-            "description": _ERROR_TEXT[status],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
+        responses[str(status)] = {"description": _ERROR_TEXT[status]}
+        if status >= 400:  # 206 and 304 are not errors: the body is the bytes, or nothing
+            error = {"schema": {"$ref": "#/components/schemas/Error"}}
+            responses[str(status)]["content"] = {"application/json": error}
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "operationId": endpoint.handler.__name__,

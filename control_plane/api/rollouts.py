@@ -13,7 +13,7 @@ from control_plane.api.errors import InvalidRequest
 from control_plane.api.routes import PREFIX, Endpoint, iso_time, json_object, parse_int
 from control_plane.api.state import ENGINE, ROLLOUTS
 from control_plane.db.engine import open_session
-from control_plane.db.models import Rollout
+from control_plane.db.models import Rollout, fits_integer
 from control_plane.errors import KeysNotConfigured
 from control_plane.roles import Role
 from control_plane.rollout_controller import ACTIONS, RolloutController
@@ -93,8 +93,8 @@ async def create(request: web.Request) -> web.Response:
     model, version, target = body.get("model"), body.get("version"), body.get("target")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model is required: the model's name")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise InvalidRequest("version is required: an integer")
+    if isinstance(version, bool) or not isinstance(version, int) or not fits_integer(version):
+        raise InvalidRequest("version is required: an integer (a stored model version)")
     if not isinstance(target, str) or not target:
         raise InvalidRequest("target is required: group:G, label:k=v, device:ID[,ID] or all")
     for key in ("strategy", "gates"):

@@ -16,14 +16,14 @@ from control_plane.api.errors import InvalidRequest
 from control_plane.api.models import download_bundle, get_model_version, list_models, upload_model
 from control_plane.api.state import ACCESS, DEVICE_ACCESS, ENGINE
 from control_plane.db.engine import open_session
-from control_plane.db.models import AuditEntry, OperatorToken
+from control_plane.db.models import INTEGER_MAX, AuditEntry, OperatorToken, fits_integer
 from control_plane.roles import Role
 
 PREFIX = "/api/v1"
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 1000
 MAX_NAME_LENGTH = 200
-BINARY = "binary"  # an `Endpoint.request` that is raw bytes, not a JSON schema
+BINARY = "binary"  # an `Endpoint.request` or `.response` that is raw bytes, not a JSON schema
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -161,11 +161,15 @@ def _token_request(body: dict[str, Any]) -> tuple[str, Role]:
 
 
 def parse_int(raw: str, what: str) -> int:
-    """A path or query value as an integer, or `InvalidRequest` naming it."""
+    """A path or query value as an integer a column can hold, or `InvalidRequest` naming it."""
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidRequest(f"{what} must be an integer, not {raw!r}") from None
+    if not fits_integer(value):
+        low = -INTEGER_MAX - 1
+        raise InvalidRequest(f"{what} must be an integer from {low} to {INTEGER_MAX}")
+    return value
 
 
 _LIMIT = {
@@ -253,8 +257,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         download_bundle,
         Role.VIEWER,
         "Download a bundle (ETag = digest; Range and If-None-Match supported)",
+        response=BINARY,
         parameters=(_DIGEST,),
-        errors=(404,),
+        errors=(206, 304, 404, 416),
         device=True,
     ),
 )

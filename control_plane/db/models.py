@@ -55,6 +55,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# INTEGER columns (ids, versions) hold 32 signed bits on PostgreSQL, 64 on SQLite. A larger
+# number names nothing stored, and the drivers refuse to bind it (aiosqlite: OverflowError, a
+# 500; asyncpg: an error that reads as an unavailable database, a 503), so the API checks the
+# numbers it is given before they reach a query.
+INTEGER_MAX = 2**31 - 1
+
+
+def fits_integer(value: int) -> bool:
+    """Whether `value` fits an INTEGER column on every backend."""
+    return -INTEGER_MAX - 1 <= value <= INTEGER_MAX
+
+
 class Base(DeclarativeBase):
     """The declarative base whose metadata Alembic compares migrations against."""
 

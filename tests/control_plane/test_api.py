@@ -169,6 +169,9 @@ async def test_openapi_lists_every_route(client: Client) -> None:
         "$ref": "#/components/schemas/Error"
     }
     assert document["paths"]["/api/v1/health"]["get"]["security"] == []
+    download = document["paths"]["/api/v1/bundles/{digest}"]["get"]["responses"]
+    assert list(download["200"]["content"]) == ["application/octet-stream"]
+    assert "content" not in download["304"]  # not modified: no body
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:

@@ -202,6 +202,9 @@ async def test_csr_for_another_device_is_400_and_keeps_the_token(
         {"token": "t", "device_id": "a/b", "csr": "x"},
         {"token": "t", "device_id": "edge-1"},
         {"token": "t", "device_id": "edge-1", "csr": "x", "hardware": []},
+        # Found by the API fuzzer: JSON that orjson cannot encode was a 500, not a 400.
+        {"token": "t", "device_id": "edge-1", "csr": "x", "hardware": {"cores": 2**64}},
+        {"token": "t", "device_id": "edge-1", "csr": "x", "hardware": {"cpu": "\ud800"}},
     ],
 )
 async def test_malformed_enrollments_are_400(client: Client, body: dict[str, object]) -> None:

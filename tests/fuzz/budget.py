@@ -1,8 +1,9 @@
 """How hard the fuzz tests try: a small budget in `make test`, a large one from `make chaos`.
 
 `EDGEFLEET_FUZZ_EXAMPLES` sets the Hypothesis examples per fuzz target (the chaos suite's fuzz
-scenario sets it; `make test` leaves the default). The Hypothesis database is off so runs leave
-nothing behind in the tree; a failure prints the seed and the shrunk example to reproduce it.
+scenario sets it; `make test` leaves the default). The Hypothesis database is off, so no run
+replays another's examples (`.hypothesis/`, which Hypothesis still creates, is git-ignored); a
+failure prints the seed and the shrunk example to reproduce it.
 """
 
 from __future__ import annotations
