@@ -273,6 +273,10 @@ class ServedModel:
                 binary = request.binary_output if output.binary is None else output.binary
                 wanted.append((output.name, binary, output.classification))
         for name, binary, classes in wanted:
+            if classes and known[name].datatype in ("BOOL", "BYTES"):
+                raise InvalidRequest(
+                    f"output '{name}' is {known[name].datatype}: classification ranks numbers only"
+                )
             if not binary and not classes and known[name].datatype in BINARY_ONLY:
                 raise InvalidRequest(
                     f"output '{name}' is {known[name].datatype}, which cannot be sent as JSON; "
@@ -322,7 +326,10 @@ def _classify(scores: np.ndarray, k: int) -> np.ndarray:
     """Top-k classes per row as BYTES `"value:index"` (Triton's classification extension)."""
     rows = scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores.reshape(1, -1)
     k = min(k, rows.shape[1])
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    # Ascending keys for descending scores; ~x for integers, where -x wraps around (unsigned
+    # types, and the most negative value of a signed one).
+    keys = ~rows if rows.dtype.kind in "iu" else -rows
+    order = np.argsort(keys, axis=1, kind="stable")[:, :k]
     out = np.empty((rows.shape[0], k), dtype=np.object_)
     for r in range(rows.shape[0]):
         for c, index in enumerate(order[r]):

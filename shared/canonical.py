@@ -9,7 +9,10 @@ would let two different objects share one signature.
 
 `parse_json` is the matching strict reader: it refuses duplicate keys (which JSON parsers
 resolve differently, a classic way to make signer and verifier see different documents) and
-the non-standard `NaN`/`Infinity` literals.
+the non-standard `NaN`/`Infinity` literals. Whatever it returns has a canonical form, so it
+also refuses what `canonical_json` would: numbers that overflow to infinity (`1e400`), text
+with lone surrogates (`"\\ud800"`), and nesting deeper than `MAX_DEPTH` (deeper still would
+exhaust Python's stack in the reader or the writer).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+MAX_DEPTH = 100  # levels of arrays and objects: far more than any EdgeFleet document has
 
 
 def canonical_json(obj: object) -> bytes:
@@ -33,9 +38,49 @@ def parse_json(data: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_parsed(value)
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:24]} is out of range")
+    return value
+
+
+def _check_parsed(value: object) -> None:
+    """Refuse deep nesting and lone surrogates, walking without recursion."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    _check_text(key)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text holds a lone surrogate ({text[exc.start]!r})") from None
 
 
 def _check(value: object, where: str) -> None:

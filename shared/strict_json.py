@@ -85,9 +85,13 @@ class JsonFields:
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(key, f"expected a number, found {_kind(value)}")
-        if not math.isfinite(value) or (minimum is not None and value < minimum):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            self.fail(key, "expected a finite number, found an integer too large for a float")
+        if not math.isfinite(number) or (minimum is not None and number < minimum):
             self.fail(key, f"expected a finite number >= {minimum}, found {value}")
-        return float(value)
+        return number
 
     def child(self, key: str) -> JsonFields:
         """A nested object."""

@@ -2,7 +2,9 @@
 
 Concurrency: `InferenceSession.run` is thread-safe, so every worker thread calls the one
 session directly. BYTES tensors are object arrays of `bytes` on the agent's side; onnxruntime
-takes and returns `str`, so strings are converted (UTF-8) at this seam.
+takes and returns `str`, so strings are converted (UTF-8) at this seam. An element that is not
+UTF-8 cannot reach the session at all: that is the caller's `InvalidRequest`, not a backend
+failure (which would count towards falling back to another backend).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import BackendError, ModelLoadError, RuntimeUnavailable
+from agent.errors import BackendError, InvalidRequest, ModelLoadError, RuntimeUnavailable
 from agent.runtimes.base import Backend, BackendDescription, batchable
 from agent.tensors import TensorSpec
 
@@ -61,8 +63,13 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, datatype, shape)
 
 
-def _to_str(array: np.ndarray) -> np.ndarray:
-    flat = [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.ravel()]
+def _to_str(name: str, array: np.ndarray) -> np.ndarray:
+    try:
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.ravel()]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"input '{name}': onnxruntime takes BYTES elements only as UTF-8 text ({exc})"
+        ) from None
     return np.array(flat, dtype=object).reshape(array.shape)
 
 
@@ -139,11 +146,10 @@ class OnnxRuntimeBackend(Backend):
         session = self._session
         if session is None:
             raise BackendError(f"{self.candidate.key} is not loaded")
+        feed = dict(inputs)
+        for name in self._string_inputs.intersection(feed):
+            feed[name] = _to_str(name, feed[name])
         try:
-            feed = dict(inputs)
-            if self._string_inputs:
-                for name in self._string_inputs.intersection(feed):
-                    feed[name] = _to_str(feed[name])
             results = session.run(self._output_names, feed)
             outputs = dict(zip(self._output_names, results, strict=True))
             for name in self._string_outputs:

@@ -230,9 +230,17 @@ def _flatten(data: Any) -> list[Any]:
         return [data]
     if not any(isinstance(item, list) for item in data):
         return data
+    # Without recursion: orjson accepts 1024 levels of nesting, deeper than Python's stack.
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
+    pending = [iter(data)]
+    while pending:
+        for item in pending[-1]:
+            if isinstance(item, list):
+                pending.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            pending.pop()
     return flat
 
 

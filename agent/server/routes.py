@@ -41,7 +41,7 @@ def _version(request: web.Request) -> int | None:
     raw = request.match_info.get("version")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes '²', which int() refuses
         raise InvalidRequest(f"model version must be a decimal integer, got '{raw}'")
     return int(raw)
 

@@ -18,6 +18,7 @@ from shared.assignment import (
 from shared.bundle import VerifiedBundle, verify_bundle
 from shared.keylist import sign_key_list
 from shared.keys import PrivateKey
+from shared.signed_document import sign_document
 from shared.trust_errors import (
     BadSignature,
     DigestMismatch,
@@ -135,6 +136,26 @@ def test_a_malformed_assignment_names_the_field(keys: KeySet) -> None:
         MalformedDocument, match=r"assignment.signed.models\[0\].digest: expected 64"
     ):
         verify(sign_assignment(assignment(1, bad), keys.assignment), keys)
+
+
+def test_a_number_beyond_any_float_is_malformed(keys: KeySet) -> None:
+    # Found by tests/fuzz: math.isfinite() raised OverflowError past the TrustError seam.
+    signed = {**assignment(1).as_json(), "issued_at": 10**400}
+    with pytest.raises(
+        MalformedDocument,
+        match="issued_at: expected a finite number, found an integer too large for a float",
+    ):
+        verify(sign_document(signed, [keys.assignment]), keys)
+
+
+@pytest.mark.parametrize(
+    "value", [b"[" * 2000 + b"]" * 2000, b'"\\ud800"', b"1e400"], ids=["deep", "surrogate", "inf"]
+)
+def test_a_document_without_a_canonical_form_is_malformed(keys: KeySet, value: bytes) -> None:
+    # Found by tests/fuzz: RecursionError, UnicodeEncodeError and ValueError leaked, unsigned.
+    document = b'{"signatures": [], "signed": {"type": ' + value + b"}}"
+    with pytest.raises(MalformedDocument, match="assignment: "):
+        verify(document, keys)
 
 
 def test_a_bundle_with_another_digest_is_a_mix_and_match(

@@ -110,6 +110,16 @@ def test_a_flipped_bit_in_the_signature_is_caught(bundle: Path, keys: KeySet) ->
         verify_bundle(bundle, keys.trust)
 
 
+def test_a_signature_nested_past_the_stack_is_a_bad_signature(bundle: Path, keys: KeySet) -> None:
+    # Found by tests/fuzz: manifest.sig is parsed before anything is trusted, and 2,000 levels
+    # of nesting (within its 4 KiB cap) leaked RecursionError.
+    members = split_members(bundle.read_bytes())
+    members[1] = regular("manifest.sig", b"[" * 2000 + b"]" * 2000)
+    rewrite(bundle, assemble(members))
+    with pytest.raises(BadSignature, match=r"manifest\.sig: nested deeper than"):
+        verify_bundle(bundle, keys.trust)
+
+
 @pytest.mark.parametrize(
     ("cut", "message"),
     [

@@ -64,3 +64,26 @@ def test_parse_refuses_non_standard_constants(literal: bytes) -> None:
 def test_parse_says_what_is_wrong(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_json(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested deeper than 100 levels"),
+        (b"[" * 101 + b"]" * 101, "nested deeper than 100 levels"),
+        (b'{"a": 1e400}', "the number 1e400 is out of range"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b'{"\\udfff": 1}', "lone surrogate"),
+    ],
+    ids=["deeper-than-the-stack", "deeper-than-the-limit", "overflow", "surrogate", "key"],
+)
+def test_parse_refuses_what_has_no_canonical_form(data: bytes, message: str) -> None:
+    # Found by tests/fuzz: RecursionError leaked from the reader, and the other values parsed
+    # only for canonical_json to raise on them (past every caller's TrustError seam).
+    with pytest.raises(ValueError, match=message):
+        parse_json(data)
+
+
+def test_parse_takes_nesting_up_to_the_limit() -> None:
+    data = b"[" * 100 + b"]" * 100
+    assert canonical_json(parse_json(data)) == data

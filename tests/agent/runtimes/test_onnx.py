@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from agent.errors import ModelLoadError
+from agent.errors import InvalidRequest, ModelLoadError
 from agent.tensors import TensorSpec
 from tests.agent.model_builders import write_string_identity_onnx
 from tests.agent.runtimes.contract import ONNXRUNTIME
@@ -27,6 +27,16 @@ def test_bytes_tensors_round_trip_as_object_arrays_of_bytes(tmp_path: Path) -> N
     assert y.dtype == np.dtype(object)
     assert list(y) == list(x)
     assert all(isinstance(v, bytes) for v in y)
+
+
+def test_bytes_that_are_not_utf8_are_the_callers_error_not_a_backend_failure(
+    tmp_path: Path,
+) -> None:
+    # onnxruntime's Python API takes strings only as text; found by tests/fuzz. A backend
+    # failure here was a 500 and counted towards falling back to another backend.
+    backend = ONNXRUNTIME.loaded(write_string_identity_onnx(tmp_path / "strings.onnx"))
+    with pytest.raises(InvalidRequest, match=r"input 'x': onnxruntime takes BYTES .* UTF-8"):
+        backend.infer({"x": np.array([b"edge", b"\xff"], dtype=object)})
 
 
 def test_missing_provider_is_refused_not_silently_run_on_cpu(tmp_path: Path) -> None:

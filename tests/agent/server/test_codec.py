@@ -102,6 +102,24 @@ def test_nested_json_data_is_accepted() -> None:
     np.testing.assert_array_equal(request.inputs["x"], [[1, 2], [3, 4]])
 
 
+@pytest.mark.parametrize("datatype", ["BYTES", "BOOL"])
+def test_data_nested_as_deep_as_orjson_allows_is_not_a_crash(datatype: str) -> None:
+    # Found by tests/fuzz: flattening BYTES and BOOL data recursed past Python's stack (a 500).
+    depth = 1000
+    leaf = b'"a"' if datatype == "BYTES" else b"true"
+    data = b"[" * depth + leaf + b"]" * depth
+    body = b'{"inputs":[{"name":"x","datatype":"%s","shape":[1],"data":%s}]}' % (
+        datatype.encode(),
+        data,
+    )
+    if datatype == "BYTES":  # BYTES data may nest as it likes; only the element count counts
+        request = decode_request(body, None, max_elements=100)
+        assert request.inputs["x"].tolist() == [b"a"]
+    else:
+        with pytest.raises(InvalidRequest, match="does not hold BOOL values"):
+            decode_request(body, None, max_elements=100)
+
+
 def tensor(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}
     base.update(fields)

@@ -219,6 +219,14 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         "must be a decimal integer",
     ),
     (
+        "non-ASCII digit version",  # '²'.isdigit(), but int() refuses it: was a 500 (tests/fuzz)
+        "/v2/models/mlp/versions/%C2%B2/infer",
+        orjson.dumps(mlp_request()),
+        {},
+        400,
+        "must be a decimal integer",
+    ),
+    (
         "too many elements",
         MLP_INFER,
         orjson.dumps(mlp_request(shape=[2000, 64])),

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from agent.batching import BatchingConfig
 from agent.config import AgentSettings, SelectionSettings
 from agent.model import ModelSpec
+from agent.tensors import OIP_TO_NUMPY
 from tests.agent.echo_model import ECHO_TYPES, build_echo_model
 from tests.agent.harness import AgentThread
 
@@ -157,6 +158,32 @@ def test_classification_extension(agent: AgentThread, sample_models: Path) -> No
     assert classes.shape == (len(inputs), 2)
     top = [int(item.decode().split(":")[1]) for item in classes[:, 0]]
     assert top == [int(i) for i in np.argmax(want, axis=1)]
+    client.close()
+
+
+def test_classification_ranks_integers_by_value_and_refuses_bool_and_bytes(
+    agent: AgentThread,
+) -> None:
+    # Found by tests/fuzz: ranking by -x put 0 first for unsigned types (and -128 first for
+    # INT8), and BOOL or BYTES outputs failed with a 500.
+    client = httpclient.InferenceServerClient(agent.url)
+    scores = {"UINT8": [[0, 5, 3]], "INT8": [[-128, 5, 3]], "UINT64": [[0, 2**64 - 1, 3]]}
+    inputs = []
+    for datatype in ECHO_TYPES:
+        values = scores.get(datatype, [[b"", b"", b""]] if datatype == "BYTES" else [[0, 0, 0]])
+        array = np.array(values, dtype=OIP_TO_NUMPY[datatype])
+        inputs.append(make_input(f"in_{datatype}", array, datatype, True))
+    outputs = [httpclient.InferRequestedOutput(f"out_{d}", class_count=3) for d in scores]
+    result = client.infer("echo", inputs, outputs=outputs)
+    for datatype in scores:
+        ranked = result.as_numpy(f"out_{datatype}")
+        assert ranked is not None
+        assert [item.decode().split(":")[1] for item in ranked[0]] == ["1", "2", "0"], datatype
+    for datatype in ("BOOL", "BYTES"):
+        refused = [httpclient.InferRequestedOutput(f"out_{datatype}", class_count=1)]
+        with pytest.raises(InferenceServerException, match="ranks numbers only") as info:
+            client.infer("echo", inputs, outputs=refused)
+        assert info.value.status() == "400"
     client.close()
 
 
