@@ -86,7 +86,8 @@ def run_one(name: str, chosen: ChaosOptions) -> Outcome:
             name,
             name,
             "The scenario could not run.",
-            [Figure("ran", f"no: {error}", "yes", met=False)],
+            # One line, so that the table stays a table; the traceback above has the rest.
+            [Figure("ran", f"no: {' '.join(str(error).split())}", "yes", met=False)],
         )
     verdict = "held" if outcome.passed else "FAILED"
     say(f"   {name}: {verdict} in {time.monotonic() - started:.0f} s")
