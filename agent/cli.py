@@ -19,6 +19,8 @@ from shared.table import format_rows
 log = logging.getLogger(__name__)
 
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
+# `agent run`'s setting; `agent enroll` reads it too, so one variable serves both.
+ALLOW_PLAIN_TRANSPORT_ENV = "EDGEFLEET_AGENT_ALLOW_PLAIN_TRANSPORT"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_common_options(run)
     run.add_argument("--assignment", help="assignment URL (https://...) or file path")
+    run.add_argument(
+        "--cp-ca",
+        metavar="FILE",
+        help="CA certificates (PEM) of the control plane's HTTPS (bundles.ca_file; default: "
+        "the one `agent enroll --cp-ca` stored, else the system's)",
+    )
     run.add_argument("--root-key", help="the pinned root public key (root.pub)")
     run.add_argument("--keylist", help="the signed key list (keylist.json)")
     run.set_defaults(func=_run)
@@ -131,6 +139,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="the root public key to pin (root.pub); without it the control plane's root key "
         "is trusted on first use",
+    )
+    enroll.add_argument(
+        "--cp-ca",
+        type=Path,
+        metavar="FILE",
+        help="the CA certificates (PEM) that the control plane's HTTPS certificate chains to, "
+        "when it is a private CA; stored for `agent run` (default: the system's trusted CAs)",
+    )
+    enroll.add_argument(
+        "--allow-plain-transport",
+        action="store_true",
+        help="accept a plain http:// --cp whose host is not loopback (only on a network you "
+        f"trust; default: ${ALLOW_PLAIN_TRANSPORT_ENV})",
     )
     enroll.add_argument("--force", action="store_true", help="replace an existing identity")
     enroll.set_defaults(func=_enroll)
@@ -184,6 +205,13 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="report to this broker, e.g. mqtt://127.0.0.1:1883 (default: none)",
     )
     parser.add_argument(
+        "--allow-plain-transport",
+        action="store_true",
+        default=None,
+        help="accept http:// and mqtt:// URLs whose host is not loopback (only on a network "
+        "you trust; allow_plain_transport)",
+    )
+    parser.add_argument(
         "--telemetry-interval",
         type=float,
         metavar="SECONDS",
@@ -196,6 +224,7 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "": {
             "device_id": args.device_id,
             "state_dir": str(args.state_dir) if args.state_dir else None,
+            "allow_plain_transport": args.allow_plain_transport,
         },
         "server": {"host": args.host, "port": args.port},
         "mqtt": {"url": args.mqtt, "telemetry_interval_s": args.telemetry_interval},
@@ -253,6 +282,7 @@ def _run(args: argparse.Namespace) -> int:
         **_common_overrides(args),
         "bundles": {
             "assignment": args.assignment,
+            "ca_file": args.cp_ca,
             "root_key": args.root_key,
             "keylist": args.keylist,
         },
@@ -268,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from agent.config import truthy
     from agent.enroll import EnrollOptions, enroll
 
     token = args.token or os.environ.get(ENROLL_TOKEN_ENV, "")
@@ -281,6 +312,9 @@ def _enroll(args: argparse.Namespace) -> int:
         device_id=args.device_id or socket.gethostname(),
         root_key=args.root_key,
         force=args.force,
+        cp_ca=args.cp_ca,
+        allow_plain_transport=args.allow_plain_transport
+        or truthy(os.environ.get(ALLOW_PLAIN_TRANSPORT_ENV, "")),
     )
     try:
         asyncio.run(enroll(options, lambda line: print(line, file=sys.stderr, flush=True)))

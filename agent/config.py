@@ -7,18 +7,24 @@ environment. The file layout:
 
     state_dir = "/var/lib/edgefleet"
     device_id = "edge-1"          (default: the host name)
-    [server]     host, port, max_body_mb, max_elements, compress_min_bytes
+    allow_plain_transport = false (true: accept http:// and mqtt:// beyond loopback)
+    [server]     host, port, max_body_mb, max_elements, compress_min_bytes, idle_timeout_s,
+                 body_timeout_s
     [runtime]    intra_op_threads, inter_op_threads, inference_threads, cpu_affinity,
                  performance_hint
     [batching]   max_batch_size, max_queue_delay_us, max_queue_size, instances,
                  default_timeout_us
     [selection]  budget_s, policy
-    [bundles]    assignment, root_key, keylist, poll_interval_s, keep_versions,
+    [bundles]    assignment, ca_file, root_key, keylist, poll_interval_s, keep_versions,
                  max_attempts, probation_duration_s, probation_requests,
                  probation_max_error_rate, probation_max_latency_ratio, probation_min_requests
     [mqtt]       url, groups, username, password, ca_file, cert_file, key_file, keepalive_s,
                  protocol, telemetry_interval_s, outbox_max_messages, outbox_max_mb
     [models.NAME]  paths (list), version, policy, pin, and any [batching] key
+
+Links that leave the machine are encrypted (`shared.tls`): a control plane URL
+(`bundles.assignment`) or broker URL (`mqtt.url`) that is plain http:// or mqtt:// to a host
+other than loopback is refused unless `allow_plain_transport` says the network is trusted.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from agent.batching import BatchingConfig
 from agent.errors import AgentError
 from agent.model import ModelSpec
 from agent.runtimes.base import RuntimeOptions
+from shared.tls import is_plain_remote
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
+ALLOW_PLAIN_TRANSPORT_ENV = ENV_PREFIX + "ALLOW_PLAIN_TRANSPORT"
 
 
 class SettingsError(AgentError):
@@ -52,6 +60,11 @@ class ServerSettings:
     max_body_mb: float = 64.0  # also the cap after decompression
     max_elements: int = 16_000_000  # tensor elements per request
     compress_min_bytes: int = 1024  # smaller responses are never compressed
+    # A connection must finish a request's header within this long of opening or of its last
+    # answer, else it is closed: this bounds slow headers (slowloris) and idle keep-alive alike.
+    idle_timeout_s: float = 60.0
+    # A request's whole body must arrive within this long, else 408 and the connection closes.
+    body_timeout_s: float = 60.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -83,6 +96,9 @@ class BundleSettings:
     """Production mode (`edgefleet agent run`): where assignments come from, what to trust."""
 
     assignment: str = ""  # https:// URL of the control plane, or a local file path
+    # The CA certificates (PEM) the control plane's HTTPS certificate must chain to, for a
+    # private CA (`agent enroll --cp-ca` stores one); empty: the system's trusted CAs.
+    ca_file: str = ""
     root_key: str = ""  # the pinned root public key (root.pub from `edgefleet keys init`)
     keylist: str = ""  # the signed key list (keylist.json)
     poll_interval_s: float = 30.0
@@ -120,6 +136,8 @@ class AgentSettings:
 
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     device_id: str = field(default_factory=socket.gethostname)  # assignments, MQTT topics
+    # Accept http:// and mqtt:// to hosts other than loopback (a network trusted otherwise).
+    allow_plain_transport: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
@@ -146,7 +164,7 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "edgefleet"
 
 
-_TOP_LEVEL = ("state_dir", "device_id")
+TOP_LEVEL = ("state_dir", "device_id", "allow_plain_transport")  # settings outside sections
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "runtime": RuntimeSettings,
@@ -173,12 +191,12 @@ def load_settings(
         except tomllib.TOMLDecodeError as error:
             raise SettingsError(f"{config_file} is not valid TOML: {error}") from None
     sections: dict[str, dict[str, Any]] = {name: dict(document.get(name, {})) for name in _SECTIONS}
-    top: dict[str, Any] = {k: document[k] for k in _TOP_LEVEL if k in document}
+    top: dict[str, Any] = {k: document[k] for k in TOP_LEVEL if k in document}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         rest = key[len(ENV_PREFIX) :].lower()
-        if rest in _TOP_LEVEL:
+        if rest in TOP_LEVEL:
             top[rest] = value
             continue
         section, _, option = rest.partition("_")
@@ -199,12 +217,40 @@ def load_settings(
     )
     if top.get("device_id"):
         settings = replace(settings, device_id=str(top["device_id"]))
+    if "allow_plain_transport" in top:
+        allow = _coerce("allow_plain_transport", top["allow_plain_transport"], False)
+        settings = replace(settings, allow_plain_transport=allow)
+    check_transport(settings)
     all_models = dict(document.get("models", {}))
     all_models.update(models or {})
     specs = tuple(
         _model_spec(name, values, settings, config_file) for name, values in all_models.items()
     )
     return replace(settings, models=specs)
+
+
+def check_transport(settings: AgentSettings) -> None:
+    """Refuse plain URLs to hosts other than loopback unless `allow_plain_transport` is set."""
+    if settings.allow_plain_transport:
+        return
+    links = (
+        ("bundles.assignment", settings.bundles.assignment, "https://", "bundles.ca_file"),
+        ("mqtt.url", settings.mqtt.url, "mqtts://", "mqtt.ca_file"),
+    )
+    for name, url, secure, ca in links:
+        if is_plain_remote(url):
+            raise SettingsError(
+                f"{name} = {url} is not encrypted and its host is not loopback: use {secure} "
+                f"(with {ca} for a private CA; after enrollment the control plane's public_url "
+                "or device_mqtt_url is where it comes from), or, only on a network you trust, "
+                f"set allow_plain_transport = true ({ALLOW_PLAIN_TRANSPORT_ENV}=true, "
+                "--allow-plain-transport)"
+            )
+
+
+def truthy(raw: object) -> bool:
+    """A boolean setting from the file (a TOML boolean) or the environment (1, true, yes)."""
+    return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes")
 
 
 def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
@@ -224,7 +270,7 @@ def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
 def _coerce(where: str, raw: Any, default: Any) -> Any:
     try:
         if isinstance(default, bool):
-            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            return truthy(raw)
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):

@@ -5,6 +5,11 @@ written until the answer checks out: the certificate is for this key and device 
 the CA it came with, and the key list is signed by the root key. That root key is `--root-key`
 when given (a different one in the answer refuses the enrollment), else the one in the answer,
 pinned on first use. Files and modes are listed in `agent.identity`.
+
+The control plane is reached over HTTPS; `--cp-ca` names the CA certificates its certificate
+chains to when that is a private CA (kept as identity/cp-ca.crt for `agent run`; re-enrolling
+without it keeps using the stored one). A plain http:// URL is refused unless its host is
+loopback or `--allow-plain-transport` is given (`shared.tls`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +38,7 @@ from shared.device_key import DeviceKey
 from shared.errors import EdgeFleetError
 from shared.keylist import SignedKeyList, TrustStore
 from shared.keys import PublicKey, load_public, short_id
+from shared.tls import TlsFileError, client_context, is_plain_remote
 
 ENROLL_PATH = "/api/v1/enroll"
 TIMEOUT_S = 60.0
@@ -52,6 +59,8 @@ class EnrollOptions:
     device_id: str
     root_key: Path | None = None
     force: bool = False
+    cp_ca: Path | None = None  # the CA certificates of the control plane's HTTPS (PEM)
+    allow_plain_transport: bool = False  # accept http:// to a host that is not loopback
 
 
 async def enroll(
@@ -59,7 +68,17 @@ async def enroll(
     progress: Callable[[str], None],
     session: aiohttp.ClientSession | None = None,
 ) -> Identity:
-    """Enroll with the control plane and store the identity; `EnrollmentError` on any refusal."""
+    """Enroll with the control plane and store the identity; `EnrollmentError` on any refusal.
+
+    `session` (tests) replaces the one made here, and with it the TLS settings of `cp_ca`.
+    """
+    if is_plain_remote(options.cp_url) and not options.allow_plain_transport:
+        raise EnrollmentError(
+            f"--cp {options.cp_url} is plain HTTP to a host that is not loopback: give the "
+            "control plane's https:// URL (with --cp-ca FILE when its certificate comes from a "
+            "private CA), or pass --allow-plain-transport, only on a network you trust; "
+            "nothing was written"
+        )
     files = IdentityFiles(options.state_dir)
     existing = await asyncio.to_thread(load_identity, options.state_dir)
     if existing is not None and not options.force:
@@ -68,9 +87,11 @@ async def enroll(
             f"{existing.device_id}; pass --force to replace that identity"
         )
     pinned = await asyncio.to_thread(_pinned_root, options, files)
+    cp_ca = await asyncio.to_thread(_cp_ca, options, files)
+    tls = _tls(cp_ca)
     key = await asyncio.to_thread(DeviceKey.generate)
     progress(f"made a P-256 key; asking {options.cp_url} to enroll {options.device_id} ...")
-    answer = await _post(options, key, session)
+    answer = await _post(options, key, session, tls)
     trust, certificate, root = _check_answer(answer, options, key, pinned)
     if pinned is None:
         progress(
@@ -88,7 +109,7 @@ async def enroll(
         region=answer.get("region") if isinstance(answer.get("region"), str) else None,
         enrolled_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    await asyncio.to_thread(_store, files, key, answer, trust, root, identity)
+    await asyncio.to_thread(_store, files, key, answer, trust, root, identity, cp_ca)
     serial = format(certificate.serial_number, "x")
     progress(f"enrolled as {identity.device_id} (certificate {serial[:16]}...)")
     progress(f"identity written to {files.identity_json} and {files.directory}/")
@@ -108,8 +129,34 @@ def _pinned_root(options: EnrollOptions, files: IdentityFiles) -> PublicKey | No
         raise EnrollmentError(f"cannot use the root key: {error}") from None
 
 
+def _cp_ca(options: EnrollOptions, files: IdentityFiles) -> bytes | None:
+    """--cp-ca's bytes, else (re-enrolling) the CA stored by the last enrollment, else None."""
+    path = options.cp_ca
+    if path is None and options.force and files.cp_ca_certificate.is_file():
+        path = files.cp_ca_certificate
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise EnrollmentError(f"cannot read --cp-ca {path}: {error.strerror}") from None
+
+
+def _tls(cp_ca: bytes | None) -> ssl.SSLContext | None:
+    """The context checking the control plane's certificate against `cp_ca` (None: system's)."""
+    if cp_ca is None:
+        return None
+    try:
+        return client_context(ca_pem=cp_ca)
+    except TlsFileError as error:
+        raise EnrollmentError(f"--cp-ca: {error}; nothing was written") from None
+
+
 async def _post(
-    options: EnrollOptions, key: DeviceKey, session: aiohttp.ClientSession | None
+    options: EnrollOptions,
+    key: DeviceKey,
+    session: aiohttp.ClientSession | None,
+    tls: ssl.SSLContext | None,
 ) -> dict[str, Any]:
     url = options.cp_url.rstrip("/") + ENROLL_PATH
     body = {
@@ -121,9 +168,21 @@ async def _post(
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     try:
         if session is None:
-            async with aiohttp.ClientSession(timeout=timeout) as own:
+            connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as own:
                 return await _send(own, url, body)
         return await _send(session, url, body)
+    except aiohttp.ClientConnectorCertificateError as error:
+        raise EnrollmentError(
+            f"the control plane at {url} presented a certificate this device does not trust "
+            f"({_verify_message(error)}): if it comes from a private CA, pass that CA's "
+            "certificate with --cp-ca FILE; nothing was written"
+        ) from None
+    except aiohttp.ClientSSLError as error:
+        raise EnrollmentError(
+            f"TLS with the control plane at {url} failed ({error}): does --cp name its https:// "
+            "URL? nothing was written"
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as error:
         raise EnrollmentError(
             f"cannot reach the control plane at {url}: {error or type(error).__name__}; check "
@@ -146,6 +205,12 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
             return answer
         message = str(answer.get("error", answer))
         raise EnrollmentError(_refusal(response.status, message))
+
+
+def _verify_message(error: aiohttp.ClientConnectorCertificateError) -> str:
+    """OpenSSL's reason ("unable to get local issuer certificate"), else the whole error."""
+    reason = getattr(error.certificate_error, "verify_message", "")
+    return str(reason or error.certificate_error)
 
 
 def _refusal(status: int, message: str) -> str:
@@ -219,6 +284,7 @@ def _store(
     trust: TrustStore,
     root: PublicKey,
     identity: Identity,
+    cp_ca: bytes | None,
 ) -> None:
     """Write the identity (blocking); identity.json last, so it exists only when all is there."""
     files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -227,6 +293,8 @@ def _store(
     write_atomic(files.certificate, answer["certificate"].encode(), PRIVATE)
     write_atomic(files.ca_certificate, answer["ca_certificate"].encode(), PRIVATE)
     write_atomic(files.root_key, root.to_pem(), PRIVATE)
+    if cp_ca is not None:
+        write_atomic(files.cp_ca_certificate, cp_ca, PRIVATE)
     if not _keeps_newer_keylist(files.keylist, trust):
         write_atomic(files.keylist, trust.to_document(), PRIVATE)
     document = json_bytes(identity.as_json())

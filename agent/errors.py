@@ -3,7 +3,8 @@
     EdgeFleetError
     └── AgentError
         ├── InvalidRequest            the caller sent something malformed            -> 400
-        │   └── PayloadTooLarge       body or tensor over a configured limit          -> 413
+        │   ├── PayloadTooLarge       body or tensor over a configured limit          -> 413
+        │   └── RequestTimeout        the body did not arrive within its time limit    -> 408
         ├── ModelNotFound             no such model or version                         -> 404
         ├── Unavailable               try again later (carries retry_after seconds)    -> 503
         │   ├── ModelNotReady         the model is loading or failed to load
@@ -35,6 +36,10 @@ class InvalidRequest(AgentError):
 
 class PayloadTooLarge(InvalidRequest):
     """The request body or a tensor is larger than the configured limit."""
+
+
+class RequestTimeout(InvalidRequest):
+    """The request body did not arrive in time; the connection is closed after the answer."""
 
 
 class ModelNotFound(AgentError):

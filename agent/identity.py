@@ -6,33 +6,37 @@
         device.crt                 its certificate from the control plane's CA (0600)
         ca.crt                     the CA's certificate: the broker's and API's client CA (0600)
         root.pub                   the pinned root public key (0600)
+        cp-ca.crt                  with `enroll --cp-ca`: the CA certificates the control
+                                   plane's HTTPS certificate chains to (0600)
     <state>/keylist.json           the trusted key list (`agent.runner.load_trust` keeps it here)
 
 When identity.json exists, `agent run` takes its settings from it (device id, assignment URL,
-root key, key list, broker URL, groups and, for mqtts://, the client certificate files); the
-settings file, `EDGEFLEET_AGENT_*` variables and flags still override any of them, except the
-device id, which must match the certificate.
+root key, key list, the control plane's CA when cp-ca.crt exists, broker URL, groups and, for
+mqtts://, the client certificate files); the settings file, `EDGEFLEET_AGENT_*` variables and
+flags still override any of them, except the device id, which must match the certificate.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from yarl import URL
 
-from agent.config import ENV_PREFIX, AgentSettings, SettingsError, load_settings
+from agent.config import ENV_PREFIX, TOP_LEVEL, AgentSettings, SettingsError, load_settings
 from shared.device_auth import DeviceRequestSigner
 from shared.device_key import DeviceKey
+from shared.tls import TlsFileError, client_context
 
 IDENTITY_FILE = "identity.json"
 IDENTITY_DIRECTORY = "identity"
 TRUSTED_KEYLIST = "keylist.json"  # the name `agent.runner.load_trust` keeps its copy under
-_TOP_LEVEL = ("state_dir", "device_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,11 @@ class IdentityFiles:
     def ca_certificate(self) -> Path:
         """The control plane CA's certificate."""
         return self.directory / "ca.crt"
+
+    @property
+    def cp_ca_certificate(self) -> Path:
+        """The CA certificates of the control plane's HTTPS (only with `enroll --cp-ca`)."""
+        return self.directory / "cp-ca.crt"
 
     @property
     def root_key(self) -> Path:
@@ -186,15 +195,14 @@ def identity_settings(identity: Identity, settings: AgentSettings) -> dict[str, 
         mqtt["ca_file"] = str(files.ca_certificate)
         mqtt["cert_file"] = str(files.certificate)
         mqtt["key_file"] = str(files.key)
-    return {
-        "": {"device_id": identity.device_id},
-        "bundles": {
-            "assignment": identity.assignment_url,
-            "root_key": str(files.root_key),
-            "keylist": str(files.keylist),
-        },
-        "mqtt": mqtt,
+    bundles = {
+        "assignment": identity.assignment_url,
+        "root_key": str(files.root_key),
+        "keylist": str(files.keylist),
     }
+    if files.cp_ca_certificate.is_file():
+        bundles["ca_file"] = str(files.cp_ca_certificate)
+    return {"": {"device_id": identity.device_id}, "bundles": bundles, "mqtt": mqtt}
 
 
 def _explicit(
@@ -212,7 +220,7 @@ def _explicit(
     for name in env:
         if name.startswith(ENV_PREFIX):
             rest = name[len(ENV_PREFIX) :].lower()
-            if rest in _TOP_LEVEL:
+            if rest in TOP_LEVEL:
                 found.add(("", rest))
             else:
                 section, _, option = rest.partition("_")
@@ -220,6 +228,34 @@ def _explicit(
     for section, values in overrides.items():
         found.update((section, key) for key, value in values.items() if value is not None)
     return found
+
+
+def control_plane_tls(settings: AgentSettings) -> ssl.SSLContext | None:
+    """The TLS context checking the control plane's certificate against `bundles.ca_file`.
+
+    None without one: aiohttp then checks against the system's trusted CAs. Blocking (it reads
+    the file): build it once, at start.
+    """
+    if not settings.bundles.ca_file:
+        return None
+    try:
+        return client_context(Path(settings.bundles.ca_file).expanduser())
+    except TlsFileError as error:
+        raise SettingsError(f"bundles.ca_file: {error}") from None
+
+
+def control_plane_session(
+    signer: DeviceRequestSigner | None, tls: ssl.SSLContext | None
+) -> aiohttp.ClientSession:
+    """The session of every request to the control plane: signed, and verified with `tls`.
+
+    `signer` is `request_signer`'s (None: not enrolled), `tls` is `control_plane_tls`'s. Make it
+    on the running loop, and close it after use.
+    """
+    return aiohttp.ClientSession(
+        middlewares=(signer,) if signer else (),
+        connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True),
+    )
 
 
 def request_signer(settings: AgentSettings) -> DeviceRequestSigner | None:

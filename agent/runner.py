@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from agent.bundles.activation import ActivationSettings, BundleActivator, StateKeeper
@@ -30,7 +30,7 @@ from agent.bundles.store import BundleStore
 from agent.bundles.sync import AssignmentSource, AssignmentSync
 from agent.config import AgentSettings, SettingsError
 from agent.identity import TRUSTED_KEYLIST as TRUSTED_KEYLIST  # the kept key list's name
-from agent.identity import request_signer
+from agent.identity import control_plane_session, control_plane_tls, request_signer
 from agent.model import ModelState
 from agent.runtimes.registry import RuntimeRegistry
 from agent.server.app import Agent, build_agent
@@ -88,7 +88,10 @@ def load_trust(settings: AgentSettings) -> TrustStore:
         root = load_public(Path(bundles.root_key).expanduser())
         trust = TrustStore.bootstrap(root, configured)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(kept, trust.to_document(), PRIVATE)  # as `agent enroll` writes it
+    document = trust.to_document()
+    # Written only when it changed: a restart must not need free space (a full disk).
+    if not kept.is_file() or kept.read_bytes() != document:
+        write_atomic(kept, document, PRIVATE)  # as `agent enroll` writes it
     return trust
 
 
@@ -105,13 +108,17 @@ def build_production_agent(
             "agent run serves signed bundles only; local [models] are for `agent serve`"
         )
     trust = load_trust(settings)
+    tls = control_plane_tls(settings)  # before serving: a bad CA file stops the start
     agent = build_agent(settings, registry)
-    agent.app.cleanup_ctx.append(_bundle_path(agent, trust, on_services))
+    agent.app.cleanup_ctx.append(_bundle_path(agent, trust, tls, on_services))
     return agent
 
 
 def _bundle_path(
-    agent: Agent, trust: TrustStore, on_services: Callable[[BundleServices], None] | None
+    agent: Agent,
+    trust: TrustStore,
+    tls: ssl.SSLContext | None,
+    on_services: Callable[[BundleServices], None] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     settings = agent.settings
     bundles = settings.bundles
@@ -121,12 +128,14 @@ def _bundle_path(
         state_dir = settings.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         state_file = StateFile(state_dir)
+        await loop.run_in_executor(None, state_file.discard_interrupted_writes)  # none under way
         keeper = StateKeeper(
             state_file, await loop.run_in_executor(None, state_file.load), agent.executor
         )
-        # Enrolled devices sign every request to the control plane (assignments, bundles).
+        # Enrolled devices sign every request to the control plane (assignments, bundles),
+        # and check its HTTPS certificate against bundles.ca_file when one is set.
         signer = await loop.run_in_executor(None, request_signer, settings)
-        async with aiohttp.ClientSession(middlewares=(signer,) if signer else ()) as session:
+        async with control_plane_session(signer, tls) as session:
             downloader = BundleDownloader(
                 BundleStore(state_dir / "bundles"), session, agent.executor
             )

@@ -58,8 +58,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--db", help=f"database URL (default: ${DATABASE_URL_ENV}, else SQLite in --data)"
     )
-    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        help="address to listen on (default: 127.0.0.1); any other than loopback needs "
+        "--tls-cert or --behind-tls-proxy",
+    )
     serve.add_argument("--port", type=int, help="port to listen on (default: 8080)")
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS (TLS 1.2 or newer) with this certificate chain (PEM, leaf first)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="the private key of --tls-cert (PEM; default: in the --tls-cert file)",
+    )
+    serve.add_argument(
+        "--behind-tls-proxy",
+        action="store_true",
+        default=None,
+        help="a proxy or load balancer in front terminates TLS: serve plain HTTP on a "
+        "non-loopback --host all the same",
+    )
     serve.add_argument(
         "--keys",
         type=Path,
@@ -72,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--public-url",
         metavar="URL",
-        help="how devices reach this API (default: http://HOST:PORT)",
+        help="how devices reach this API (default: https://HOST:PORT with --tls-cert, else "
+        "http://HOST:PORT)",
     )
     serve.set_defaults(func=_later("serve"))
 

@@ -3,13 +3,16 @@
 It needs only aiohttp (no database driver), so an operator's laptop can run `edgefleet push`
 without the control-plane extra. Every failure becomes an `ApiCallFailed` whose message says
 what went wrong and what to do next: the control plane cannot be reached, the token was
-refused, or the server's own `{"error": ...}` message with its status.
+refused, or the server's own `{"error": ...}` message with its status. An https:// control
+plane whose certificate comes from a private CA is checked against `--ca-file` (or
+`EDGEFLEET_CA_FILE`): see `tls_from`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -18,9 +21,11 @@ from typing import Any
 import aiohttp
 
 from shared.errors import EdgeFleetError
+from shared.tls import TlsFileError, client_context
 
 CP_ENV = "EDGEFLEET_CP"
 TOKEN_ENV = "EDGEFLEET_TOKEN"
+CA_FILE_ENV = "EDGEFLEET_CA_FILE"
 DEFAULT_CP = "http://127.0.0.1:8080"
 UPLOAD_CHUNK = 1 << 20
 
@@ -45,17 +50,41 @@ def endpoint_from(cp: str | None, token: str | None, env: Mapping[str, str]) -> 
     return url, secret
 
 
-class ControlPlaneClient:
-    """Calls `/api/v1` with a bearer token; use as an async context manager."""
+def tls_from(ca_file: Path | None, env: Mapping[str, str]) -> ssl.SSLContext | None:
+    """The context checking an https:// control plane: `--ca-file`, else `EDGEFLEET_CA_FILE`.
 
-    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+    None without either: the system's trusted CAs. Blocking (reads the file).
+    """
+    path = ca_file or (Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None)
+    if path is None:
+        return None
+    try:
+        return client_context(path.expanduser())
+    except TlsFileError as error:
+        raise ApiCallFailed(f"{error} (check --ca-file or {CA_FILE_ENV})") from None
+
+
+class ControlPlaneClient:
+    """Calls `/api/v1` with a bearer token; use as an async context manager.
+
+    `tls` checks an https:// control plane's certificate (`tls_from`; None: the system's CAs).
+    """
+
+    def __init__(
+        self, url: str, token: str, timeout_s: float = 60.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s)
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ControlPlaneClient:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else True),
+        )
         return self
 
     async def __aexit__(
@@ -91,6 +120,13 @@ class ControlPlaneClient:
                 if response.status == 204:
                     return None
                 return await response.json()
+        except aiohttp.ClientConnectorCertificateError as error:
+            reason = getattr(error.certificate_error, "verify_message", "") or error
+            raise ApiCallFailed(
+                f"the control plane at {self.url} presented a certificate that is not trusted "
+                f"({reason}): when a private CA issued it, pass that CA's certificate with "
+                f"--ca-file FILE or {CA_FILE_ENV}"
+            ) from None
         except aiohttp.ClientConnectionError as error:
             raise ApiCallFailed(
                 f"cannot reach the control plane at {self.url}: {error}; check --cp or {CP_ENV} "

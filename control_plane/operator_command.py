@@ -1,8 +1,9 @@
 """What every operator command shares: its options, the API call around it, and its output.
 
 `command(body)` turns an async `body(client, args)` into an argparse `func`: it resolves the
-control plane URL and token (`--cp`/`--token`, else `EDGEFLEET_CP`/`EDGEFLEET_TOKEN`), opens a
-`ControlPlaneClient`, and turns an `ApiCallFailed` into one `error: ...` line and exit status 1.
+control plane URL and token (`--cp`/`--token`, else `EDGEFLEET_CP`/`EDGEFLEET_TOKEN`) and the CA
+of its HTTPS certificate (`--ca-file`, else `EDGEFLEET_CA_FILE`), opens a `ControlPlaneClient`,
+and turns an `ApiCallFailed` into one `error: ...` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -12,25 +13,35 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from control_plane.client import (
+    CA_FILE_ENV,
     CP_ENV,
     TOKEN_ENV,
     ApiCallFailed,
     ControlPlaneClient,
     endpoint_from,
     environment,
+    tls_from,
 )
 
 Body = Callable[[ControlPlaneClient, argparse.Namespace], Awaitable[int]]
 
 
 def common_options() -> argparse.ArgumentParser:
-    """The parent parser of every operator command: --cp, --token, --json."""
+    """The parent parser of every operator command: --cp, --token, --ca-file, --json."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cp", metavar="URL", help=f"control plane URL (default: ${CP_ENV})")
     common.add_argument("--token", help=f"operator token (default: ${TOKEN_ENV})")
+    common.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates (PEM) of an https:// control plane whose certificate a private "
+        f"CA issued (default: ${CA_FILE_ENV}, else the system's trusted CAs)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return common
 
@@ -41,9 +52,10 @@ def command(body: Body) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             url, token = endpoint_from(args.cp, args.token, environment())
+            tls = tls_from(args.ca_file, environment())
 
             async def call() -> int:
-                async with ControlPlaneClient(url, token) as client:
+                async with ControlPlaneClient(url, token, tls=tls) as client:
                     return await body(client, args)
 
             return asyncio.run(call())

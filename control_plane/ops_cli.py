@@ -8,8 +8,9 @@
     edgefleet rollout ...   (`control_plane.rollout_cli`)
     edgefleet sim ...       (`control_plane.sim_cli`)
 
-Every command takes `--cp URL --token T` (or `EDGEFLEET_CP` / `EDGEFLEET_TOKEN`) and `--json`
-for machine-readable output; lists print tables, uploads and rollouts show progress.
+Every command takes `--cp URL --token T` (or `EDGEFLEET_CP` / `EDGEFLEET_TOKEN`), `--ca-file`
+(or `EDGEFLEET_CA_FILE`) for an https:// control plane with a private CA, and `--json` for
+machine-readable output; lists print tables, uploads and rollouts show progress.
 """
 
 from __future__ import annotations

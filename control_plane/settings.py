@@ -8,10 +8,17 @@ field of `ControlPlaneSettings` can be set in all three places; the file uses th
     database_url = "postgresql+asyncpg://edgefleet@db/edgefleet"   (password: use the env)
     host = "0.0.0.0"
     port = 8080
+    tls_cert_file = "/etc/edgefleet/tls/cp.crt"   (or behind_tls_proxy = true behind a proxy)
+    tls_key_file = "/etc/edgefleet/tls/cp.key"
     keys_dir = "/etc/edgefleet/keys"
     public_url = "https://cp.example.com"
     mqtt_url = "mqtts://broker.example.com:8883"
     ...
+
+Booleans are `true`/`false` in the file and `1`, `true`, `yes` (or `0`, `false`, `no`) in the
+environment. Plain HTTP is served only on a loopback address (`shared.tls`): a `host` that
+other machines reach needs `tls_cert_file`, or `behind_tls_proxy` when a proxy in front
+terminates TLS; `build` refuses anything else.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 from control_plane.db.engine import default_database_url
 from control_plane.errors import ControlPlaneError
+from shared.tls import is_loopback, is_plain_remote
 
 ENV_PREFIX = "EDGEFLEET_CP_"
 DATA_DIR_ENV = ENV_PREFIX + "DATA_DIR"
@@ -48,12 +56,18 @@ class ControlPlaneSettings:
     database_url: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # HTTPS served here: the certificate chain (PEM, leaf first) and its key (None: in the
+    # chain's file). Without them the API is plain HTTP, which only loopback may serve...
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # ... or a host behind a proxy or load balancer that terminates TLS in front of it.
+    behind_tls_proxy: bool = False
     # Read: `root.pub`, `keylist.json` and `assignment.key` (signs assignments and commands).
     # Never the root or release private keys.
     keys_dir: Path | None = None
     # The environment variable holding the passphrase of assignment.key, if it has one.
     keys_passphrase_env: str = ""
-    # How devices reach this API (assignment and bundle URLs); default http://host:port.
+    # How devices reach this API (assignment and bundle URLs); default http(s)://host:port.
     public_url: str = ""
     # The control plane's own broker connection (ingest and commands); empty: no MQTT.
     mqtt_url: str = ""
@@ -81,12 +95,26 @@ class ControlPlaneSettings:
     @property
     def base_url(self) -> str:
         """The URL devices use for this API, without a trailing slash."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert_file is not None else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def devices_mqtt_url(self) -> str:
         """The broker URL enrolling devices are told."""
         return self.device_mqtt_url or self.mqtt_url
+
+    def plain_links(self) -> list[str]:
+        """The links this configuration leaves unencrypted beyond loopback, in words.
+
+        Not refused (the broker's URL is the operator's business, and devices refuse plain
+        links themselves unless told otherwise), but worth a warning at start.
+        """
+        links = [
+            (self.base_url, "the API URL devices are told (public_url)"),
+            (self.devices_mqtt_url, "the broker URL devices are told (device_mqtt_url)"),
+            (self.mqtt_url, "this control plane's broker connection (mqtt_url)"),
+        ]
+        return [f"{what}: {url}" for url, what in links if url and is_plain_remote(url)]
 
     @classmethod
     def build(
@@ -119,7 +147,26 @@ class ControlPlaneSettings:
         settings = cls(**converted)
         if not 0 <= settings.port <= 65535:
             raise InvalidSettings(f"port {settings.port} is outside 0-65535")
+        _check_transport(settings)
         return settings
+
+
+def _check_transport(settings: ControlPlaneSettings) -> None:
+    """Plain HTTP on loopback only, unless a proxy terminates TLS (files are read to serve)."""
+    if settings.tls_key_file is not None and settings.tls_cert_file is None:
+        raise InvalidSettings(
+            "tls_key_file is set without tls_cert_file: give the certificate too (--tls-cert)"
+        )
+    plain = settings.tls_cert_file is None and not settings.behind_tls_proxy
+    if plain and not is_loopback(settings.host):
+        raise InvalidSettings(
+            f"refusing to serve plain HTTP on {settings.host or 'every address'}, which other "
+            "machines reach (only loopback addresses may go without TLS). Either serve HTTPS: "
+            "--tls-cert FILE --tls-key FILE (tls_cert_file, tls_key_file; "
+            f"{ENV_PREFIX}TLS_CERT_FILE, {ENV_PREFIX}TLS_KEY_FILE); or, when a proxy or load "
+            "balancer in front terminates TLS, say so: --behind-tls-proxy "
+            f"(behind_tls_proxy = true; {ENV_PREFIX}BEHIND_TLS_PROXY=true)"
+        )
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -139,6 +186,8 @@ def _convert(name: str, kind: object, value: Any) -> Any:
     """A value from the file, environment or a flag, as the field's type."""
     kind = str(kind)
     try:
+        if kind == "bool":
+            return _boolean(value)
         if kind.startswith("Path"):
             return Path(value).expanduser() if value not in (None, "") else None
         if kind == "int":
@@ -153,3 +202,15 @@ def _convert(name: str, kind: object, value: Any) -> Any:
         raise InvalidSettings(
             f"{name} (or {setting}) = {value!r} is not a valid {kind.split(' ')[0]}"
         ) from None
+
+
+def _boolean(value: Any) -> bool:
+    """A TOML boolean, or a word from the environment or a flag."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import resource
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class SimSettings:
     requests_per_s: float = 5.0  # per device and model
     long_poll_s: float = 30.0
     seed: int = 0
+    tls: ssl.SSLContext | None = None  # checks an https:// control plane (None: system CAs)
 
 
 @dataclass
@@ -127,7 +129,9 @@ class FleetSimulator:
             return
         print(f"enrolling {len(missing)} simulated devices ...", flush=True)
         limit = asyncio.Semaphore(ENROLL_CONCURRENCY)
-        async with ControlPlaneClient(self.api_url, self.settings.token) as client:
+        async with ControlPlaneClient(
+            self.api_url, self.settings.token, tls=self.settings.tls
+        ) as client:
 
             async def one(device_id: str) -> SimDevice:
                 async with limit:
@@ -213,7 +217,8 @@ class FleetSimulator:
         if not self.mqtt_url:
             raise ApiCallFailed("no broker URL: give --mqtt (enrollment did not name one)")
         await self._connect()
-        connector = aiohttp.TCPConnector(limit=0)
+        tls = self.settings.tls
+        connector = aiohttp.TCPConnector(limit=0, ssl=tls if tls is not None else True)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             for device in self.devices:

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from control_plane.client import ApiCallFailed, endpoint_from, environment
+from control_plane.client import ApiCallFailed, endpoint_from, environment, tls_from
 from control_plane.operator_command import parse_pair
 
 
@@ -59,6 +59,7 @@ def _sim(args: argparse.Namespace) -> int:
         settings = SimSettings(
             cp_url=url,
             token=token,
+            tls=tls_from(args.ca_file, environment()),
             devices=args.devices,
             mqtt_url=args.mqtt,
             state_dir=args.state,

@@ -25,6 +25,8 @@ options:
   --device-id ID      this device's id (default: the host name)
   --root-key FILE     pin this root public key (root.pub) instead of trusting the
                       control plane's on first use
+  --cp-ca FILE        the CA certificate of the control plane's HTTPS, when a private CA
+                      issued it (default: the system's trusted CAs)
   --source SPEC       what pip installs: a checkout, a wheel or a requirement
                       (default: the repository this script lives in)
   --extras LIST       extras to install, e.g. openvino,tflite
@@ -58,6 +60,7 @@ cp_url=""
 token="${EDGEFLEET_ENROLL_TOKEN:-}"
 device_id=""
 root_key=""
+cp_ca=""
 source_spec=""
 extras=""
 python="python3"
@@ -75,6 +78,7 @@ while (($#)); do
         --token) needs_value "$@" && token=$2 && shift ;;
         --device-id) needs_value "$@" && device_id=$2 && shift ;;
         --root-key) needs_value "$@" && root_key=$2 && shift ;;
+        --cp-ca) needs_value "$@" && cp_ca=$2 && shift ;;
         --source) needs_value "$@" && source_spec=$2 && shift ;;
         --extras) needs_value "$@" && extras=$2 && shift ;;
         --python) needs_value "$@" && python=$2 && shift ;;
@@ -231,6 +235,11 @@ enroll() {
         install -m 0644 "$root_key" "$etc/root.pub"
         args+=(--root-key "$etc/root.pub")
     fi
+    if [[ -n $cp_ca ]]; then
+        # Read by the service user while enrolling; enrolling keeps a copy in the state dir.
+        install -m 0644 "$cp_ca" "$etc/cp-ca.crt"
+        args+=(--cp-ca "$etc/cp-ca.crt")
+    fi
     say "enrolling with $cp_url"
     # The token travels in the environment, not in the command line.
     if ((fake_root)); then
@@ -249,6 +258,7 @@ do_install() {
         die "this device is not enrolled yet: give --cp URL and --token TOKEN"
     fi
     [[ -z $root_key || -f $root_key ]] || die "--root-key $root_key: no such file"
+    [[ -z $cp_ca || -f $cp_ca ]] || die "--cp-ca $cp_ca: no such file"
     ensure_user
     ensure_venv
     install_config
@@ -275,7 +285,7 @@ do_uninstall() {
     systemctl_do daemon-reload
     say "removing $opt"
     rm -rf "$opt"
-    rm -f "$config" "$etc/agent.env" "$etc/root.pub"
+    rm -f "$config" "$etc/agent.env" "$etc/root.pub" "$etc/cp-ca.crt"
     rmdir "$etc" 2>/dev/null || true # only when nothing else (the control plane's) is left
     if ((purge)); then
         say "removing $state and $root/var/lib/edgefleet-batch"

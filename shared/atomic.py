@@ -3,11 +3,13 @@
 The data goes to a temporary file in the target's directory, created with its final mode
 (`os.open(..., mode)`, so a private key is never readable by others, not even for an instant),
 is flushed and fsynced, renamed over the target, and the directory is fsynced so the rename
-itself survives a power cut. On any error the temporary file is removed.
+itself survives a power cut. On any error the temporary file is removed; one that a kill or a
+power cut left behind is found by `interrupted_writes`.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Iterator
@@ -37,6 +39,15 @@ def atomic_writer(path: Path, mode: int = PUBLIC) -> Iterator[BinaryIO]:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def interrupted_writes(path: Path) -> list[Path]:
+    """The temporary files of atomic writes of `path` that a crash stopped before the rename.
+
+    Only the writer of `path` may delete them, and only while it is not writing: a temporary
+    file of a write in progress looks the same.
+    """
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def write_atomic(path: Path, data: bytes, mode: int = PUBLIC) -> None:

@@ -4,7 +4,8 @@
 one, which tests use), stops on SIGINT or SIGTERM when running in the main thread, or when the
 caller sets `stop`, and always cleans the runner up. Under systemd (`Type=notify`) it also
 reports READY once listening, the server's status line as it changes, watchdog pings while the
-server answers its liveness path, and STOPPING when told to stop (`shared.systemd`).
+server answers its liveness path, and STOPPING when told to stop (`shared.systemd`). With
+`tls` it serves HTTPS, and the liveness check asks over HTTPS too (`shared.tls.ServerTls`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from shared.systemd import SystemdSettings, notifying_systemd
+from shared.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +37,20 @@ async def serve_until_stopped(
     live_path: str | None = None,
     status: Callable[[], str] | None = None,
     systemd: SystemdSettings | None = None,
+    tls: ServerTls | None = None,
 ) -> None:
     """Serve `runner` on host:port until stopped; `describe(port)` is logged once listening.
 
     `live_path` answers 200 while the server lives: the systemd watchdog is pinged only while
     it does. `status` is the line `systemctl status` shows (default: `describe(port)`).
     `systemd` defaults to what the process environment says (nothing outside systemd).
+    `tls`: serve HTTPS with its context; None serves plain HTTP.
     """
     if systemd is None:
         systemd = SystemdSettings.from_env(os.environ, os.getpid())
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
         await site.start()
         bound = bound_port(runner, port)
         log.info("%s", describe(bound))
@@ -58,11 +62,14 @@ async def serve_until_stopped(
                 loop.add_signal_handler(sig, stop.set)
         if started is not None:
             started(bound)
+        scheme = "https" if tls else "http"
         async with (
-            aiohttp.ClientSession() as probes,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls.self_check if tls else True)
+            ) as probes,
             notifying_systemd(
                 systemd,
-                healthy=_liveness(probes, _probe_url(runner, host, bound, live_path)),
+                healthy=_liveness(probes, _probe_url(runner, host, bound, live_path, scheme)),
                 status=status or (lambda: describe(bound)),
                 main_pid=os.getpid(),
             ),
@@ -81,7 +88,9 @@ def bound_port(runner: web.AppRunner, requested: int) -> int:
     return requested
 
 
-def _probe_url(runner: web.AppRunner, host: str, port: int, path: str | None) -> str | None:
+def _probe_url(
+    runner: web.AppRunner, host: str, port: int, path: str | None, scheme: str
+) -> str | None:
     """Where the server answers its own liveness check: a wildcard address via loopback."""
     if path is None:
         return None
@@ -92,7 +101,7 @@ def _probe_url(runner: web.AppRunner, host: str, port: int, path: str | None) ->
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}{path}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
 def _liveness(session: aiohttp.ClientSession, url: str | None) -> Callable[[], Awaitable[bool]]:

@@ -23,9 +23,10 @@ import numpy as np
 from agent.batching import BatchingConfig
 from agent.bundles.compatibility import DeviceProfile, usable_variants
 from agent.bundles.download import BundleDownloader
-from agent.bundles.lifecycle import EventLog, LifecycleEvent, VersionState, make_event
+from agent.bundles.lifecycle import TERMINAL, EventLog, LifecycleEvent, VersionState, make_event
 from agent.bundles.pause import PausePoints
 from agent.bundles.probation import ProbationGate, ProbationPolicy
+from agent.bundles.space import disk_full, no_space_reason
 from agent.bundles.staging import StagedBundle, stage_bundle
 from agent.bundles.state import Activation, AgentState, InstalledVersion, StateFile
 from agent.errors import ActivationFailed, AgentError, DownloadFailed
@@ -337,9 +338,19 @@ class BundleActivator:
         found = self.repository.find(model.name, model.version)
         if found is not None and self._serving_version(model.name) != model.version:
             await self.repository.remove(model.name, model.version)
+        reason = str(error)
+        if disk_full(error):
+            # Free what this attempt wrote (partial download, archive, extraction) first: the
+            # state file and the event log need room to say what happened.
+            keep = _kept_after_failure(self.keeper.state, model.digest)
+            await self._run(self.store.collect, keep)
+            reason = await self._run(no_space_reason, self.store.root, model.digest, model.size)
         await self._forget_activation(model, failed=not retry)
+        if attempt.state is None or attempt.state in TERMINAL:
+            # The attempt failed before it could log its start (its first state write).
+            await attempt.to(S.DOWNLOADING)
         note = " (will retry at the next sync)" if retry else ""
-        await attempt.to(S.FAILED, f"{error}{note}")
+        await attempt.to(S.FAILED, f"{reason}{note}")
 
     async def _persist_phase(self, model: ModelAssignment, phase: S, attempts: int) -> None:
         activation = Activation(model.version, model.digest, phase.value, attempts)
@@ -363,3 +374,15 @@ class BundleActivator:
         except AgentError:
             return None
         return served.version if served.state is ModelState.READY else None
+
+
+def _kept_after_failure(state: AgentState, failed: str) -> set[str]:
+    """The bundles the store must keep once the attempt at `failed` is given up for now."""
+    keep = state.referenced_digests()
+    installed = {
+        version.digest
+        for record in state.models.values()
+        for version in (record.active, *record.history)
+        if version is not None
+    }
+    return keep if failed in installed else keep - {failed}

@@ -5,6 +5,7 @@ for the rest with `Range: bytes=<have>-`; a server that ignores the range and se
 again is handled by starting over. Every byte is hashed as it arrives (the hash of a resumed
 part is rebuilt from disk first), more bytes than the assignment states stop the download at
 once, and only an archive whose SHA-256 equals the assigned digest is renamed into `blobs/`.
+A download that could not fit on the disk (with its extraction) is refused before it starts.
 `file://` URLs serve air-gapped devices: the file is copied and hashed the same way.
 """
 
@@ -23,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from agent.bundles.space import check_room
 from agent.bundles.store import BundleStore
 from agent.errors import DownloadFailed
 from shared.atomic import fsync_directory
@@ -112,6 +114,8 @@ class BundleDownloader:
             await self._run(part.rehash)
             if part.size > size:
                 await self._run(part.restart)
+            if exact:
+                await self._run(check_room, self.store.partial, digest, size, part.size)
             scheme = urlsplit(url).scheme
             if scheme == "file":
                 await self._run(self._copy_file, Path(unquote(urlsplit(url).path)), part, size)

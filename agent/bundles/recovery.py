@@ -5,7 +5,9 @@ atomically) says which version was committed and which activation was under way:
 one is logged as failed (or reverted, if it was on probation), keeps its attempt count so a bundle
 that keeps crashing the agent is given up, and the committed version is verified and served again.
 If the committed version no longer verifies (a damaged disk), the previous committed ones are tried.
-A commit whose `active` event the crash kept out of the event log is logged then.
+A commit whose `active` event the crash kept out of the event log is logged then. A disk too
+full to append to the event log does not stop the agent from serving: the state file, not the
+log, says what to serve.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 
 from agent.bundles.activation import BundleActivator
-from agent.bundles.lifecycle import EventLog, VersionState, make_event
+from agent.bundles.lifecycle import EventLog, LifecycleEvent, VersionState, make_event
 from agent.bundles.state import InstalledVersion, ModelRecord
 from shared.errors import EdgeFleetError
 
@@ -43,8 +45,8 @@ async def recover(activator: BundleActivator) -> None:
                 f"the agent restarted during {phase.value}",
                 {"attempt": activation.attempts},
             )
-            await activator.record(event)
-            activator.last_state[activation.digest] = outcome
+            if await _record(activator, event):
+                activator.last_state[activation.digest] = outcome
         for installed in (record.active, *record.history):
             if installed is not None and await _restore(activator, name, installed):
                 break
@@ -69,30 +71,45 @@ async def _announce_commit(
     active = record.active
     if active is None or logged.get(active.digest) != S.PROBATION.value:
         return
-    await activator.record(
-        make_event(
-            name,
-            active.version,
-            active.digest,
-            S.PROBATION,
-            S.ACTIVE,
-            "committed just before the agent restarted",
-        )
+    committed = make_event(
+        name,
+        active.version,
+        active.digest,
+        S.PROBATION,
+        S.ACTIVE,
+        "committed just before the agent restarted",
     )
+    if not await _record(activator, committed):
+        return
     activator.last_state[active.digest] = S.ACTIVE
     replaced = record.history[0] if record.history else None
     if replaced is not None and logged.get(replaced.digest) == S.ACTIVE.value:
-        await activator.record(
-            make_event(
-                name,
-                replaced.version,
-                replaced.digest,
-                S.ACTIVE,
-                S.RETIRED,
-                f"replaced by v{active.version}",
-            )
+        retired = make_event(
+            name,
+            replaced.version,
+            replaced.digest,
+            S.ACTIVE,
+            S.RETIRED,
+            f"replaced by v{active.version}",
         )
-        activator.last_state[replaced.digest] = S.RETIRED
+        if await _record(activator, retired):
+            activator.last_state[replaced.digest] = S.RETIRED
+
+
+async def _record(activator: BundleActivator, event: LifecycleEvent) -> bool:
+    """Log an event; on a full or failing disk say so and go on: serving comes first."""
+    try:
+        await activator.record(event)
+    except OSError as error:
+        log.error(
+            "%s v%d: cannot log '%s' in the event log (%s); serving anyway",
+            event.model,
+            event.version,
+            event.state,
+            error,
+        )
+        return False
+    return True
 
 
 async def _restore(activator: BundleActivator, name: str, installed: InstalledVersion) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.atomic import PRIVATE, write_atomic
+from shared.atomic import PRIVATE, interrupted_writes, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,19 @@ class StateFile:
             self.path.replace(broken)
             log.error("state file unreadable (%s); moved to %s and starting empty", error, broken)
             return AgentState()
+
+    def discard_interrupted_writes(self) -> int:
+        """Delete the temporary files of saves a crash interrupted (at start, before any save).
+
+        Each `kill -9` or power cut during a save leaves one; nothing else would ever remove
+        them. Returns how many there were.
+        """
+        leftovers = interrupted_writes(self.path)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if leftovers:
+            log.info("removed %d temporary file(s) of interrupted state saves", len(leftovers))
+        return len(leftovers)
 
     def save(self, state: AgentState) -> None:
         """Replace the state file atomically."""

@@ -49,6 +49,10 @@ class AssignmentSource(abc.ABC):
         sources that cannot wait answer at once.
         """
 
+    @abc.abstractmethod
+    def forget(self) -> None:
+        """Treat the last document fetched as unseen, so the next fetch returns it again."""
+
     @staticmethod
     def for_location(
         location: str, session: aiohttp.ClientSession, executor: Executor
@@ -79,6 +83,10 @@ class FileAssignmentSource(AssignmentSource):
             return None
         self._last = digest
         return data
+
+    def forget(self) -> None:
+        """Read the file as new at the next fetch."""
+        self._last = None
 
 
 class HttpAssignmentSource(AssignmentSource):
@@ -114,6 +122,10 @@ class HttpAssignmentSource(AssignmentSource):
                     raise DownloadFailed(f"{self.url}: the assignment is larger than 1 MiB")
             self._etag = response.headers.get("ETag")
             return bytes(data)
+
+    def forget(self) -> None:
+        """Ask without `If-None-Match` at the next fetch, so the document comes back."""
+        self._etag = None
 
 
 class AssignmentSync:
@@ -192,7 +204,12 @@ class AssignmentSync:
             finally:
                 self._fetch_s = loop.time() - started
             if document is not None:
-                await self._accept(document)
+                try:
+                    await self._accept(document)
+                except OSError:
+                    # Not refused, only not saved (a full disk): take it again next time.
+                    self.source.forget()
+                    raise
             if self.assignment is not None and self._current(self.assignment):
                 for model in self.assignment.models:
                     await self.activator.activate(model)
@@ -201,11 +218,18 @@ class AssignmentSync:
             self._healthy = True
         except (EdgeFleetError, aiohttp.ClientError, TimeoutError, OSError) as error:
             level = logging.ERROR if self._healthy else logging.DEBUG
+            hint = ""
+            if isinstance(error, aiohttp.ClientConnectorCertificateError):
+                hint = (
+                    " (the control plane's certificate is not trusted: bundles.ca_file, or "
+                    "`agent enroll --cp-ca`, names the private CA that issued it)"
+                )
             log.log(
                 level,
-                "assignment sync failed: %s; serving what is installed and retrying "
+                "assignment sync failed: %s%s; serving what is installed and retrying "
                 "in about %.0f s",
                 error,
+                hint,
                 self.interval_s,
             )
             self._healthy = False

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from agent.config import AgentSettings
+from agent.config import AgentSettings, ServerSettings
 from agent.dataplane import DataPlane
 from agent.hardware import probe_hardware
 from agent.repository import ModelRepository
 from agent.runtimes.registry import RuntimeRegistry
 from agent.selection import AcceleratorSelector
 from agent.selection_cache import SelectionCache
+from agent.server.malformed_log import quiet_malformed_requests
 from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes
@@ -37,6 +38,14 @@ RUNNER_OPTIONS: dict[str, Any] = {
     "access_log": None,  # an access log halves throughput; the metrics count requests
     "auto_decompress": False,  # decompression is ours, with a cap (gzip bombs)
 }
+
+
+def runner_options(server: ServerSettings) -> dict[str, Any]:
+    """`RUNNER_OPTIONS` with the connection timeouts of the settings."""
+    # aiohttp arms its keep-alive timer when a connection opens and after each answer, and closes
+    # the connection if no complete request header has arrived when it fires: one setting bounds
+    # idle keep-alive connections and slow headers alike (its default is over an hour).
+    return {**RUNNER_OPTIONS, "keepalive_timeout": server.idle_timeout_s}
 
 
 @dataclass
@@ -108,7 +117,8 @@ async def serve(
     settings = agent.settings
     if settings.runtime.cpu_affinity:
         os.sched_setaffinity(0, settings.runtime.cpu_affinity)
-    runner = web.AppRunner(agent.app, handler_cancellation=True, **RUNNER_OPTIONS)
+    quiet_malformed_requests()
+    runner = web.AppRunner(agent.app, handler_cancellation=True, **runner_options(settings.server))
     host = settings.server.host
     await serve_until_stopped(
         runner,

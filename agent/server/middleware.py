@@ -15,6 +15,7 @@ from agent.errors import (
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     Unsupported,
 )
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS: tuple[tuple[type[AgentError], int], ...] = (
     (PayloadTooLarge, 413),
+    (RequestTimeout, 408),
     (InvalidRequest, 400),
     (ModelNotFound, 404),
     (Unavailable, 503),
@@ -61,7 +63,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             headers["Accept-Encoding"] = "gzip, deflate"
         if status == 500:
             log.error("%s %s failed: %s", request.method, request.path, error)
-        return error_response(status, str(error), headers)
+        response = error_response(status, str(error), headers)
+        if isinstance(error, RequestTimeout):
+            response.force_close()  # the rest of a slow body is not worth waiting for
+        return response
     except web.HTTPException as error:
         if error.status < 400:
             raise

@@ -16,7 +16,13 @@ import orjson
 from aiohttp import web
 
 from agent.dataplane import DataPlane
-from agent.errors import InvalidRequest, ModelNotReady, PayloadTooLarge, Unsupported
+from agent.errors import (
+    InvalidRequest,
+    ModelNotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unsupported,
+)
 from agent.inference import InferenceRequest
 from agent.server.codec import (
     EncodedResponse,
@@ -48,6 +54,29 @@ def _version(request: web.Request) -> int | None:
 
 def _dataplane(request: web.Request) -> DataPlane:
     return request.app[DATAPLANE]
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, within the server's size and time limits.
+
+    A body that declares more than `max_body_mb` is refused before a byte of it is read, and
+    one that does not arrive within `body_timeout_s` (a trickle, an endless chunked stream under
+    the size limit) is answered 408: neither can hold a handler, or its buffer, indefinitely.
+    """
+    server = request.app[SETTINGS].server
+    declared = request.content_length
+    if declared is not None and declared > server.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the request body ({declared} bytes) is larger than the limit of "
+            f"{server.max_body_bytes} bytes"
+        )
+    try:
+        async with asyncio.timeout(server.body_timeout_s if server.body_timeout_s > 0 else None):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {server.body_timeout_s:g} s"
+        ) from None
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -93,7 +122,7 @@ async def model_stats(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     """`POST /v2/repository/index` with an optional body `{"ready": bool}`."""
-    ready_only = decode_json_object(await request.read()).get("ready", False)
+    ready_only = decode_json_object(await read_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise InvalidRequest("'ready' must be a boolean")
     return _json(_dataplane(request).repository_index(ready_only))
@@ -125,7 +154,7 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 
 async def _repository_parameters(request: web.Request) -> dict[str, Any]:
-    parameters = decode_json_object(await request.read()).get("parameters", {})
+    parameters = decode_json_object(await read_body(request)).get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidRequest("'parameters' must be an object")
     return parameters
@@ -140,7 +169,7 @@ async def infer(request: web.Request) -> web.Response:
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         raise Unsupported(f"unsupported Content-Encoding '{encoding}'; use gzip or deflate")
-    body = await request.read()
+    body = await read_body(request)
     limit = settings.server.max_body_bytes
     if encoding != "identity":
         body = await _offload(_decompress, body, encoding, limit)

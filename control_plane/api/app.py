@@ -32,10 +32,11 @@ from control_plane.db.engine import create_engine_for, redact, sqlite_file
 from control_plane.db.migrate import check_current
 from control_plane.errors import SchemaOutOfDate
 from control_plane.rollout_controller import RolloutController
-from control_plane.settings import ControlPlaneSettings
+from control_plane.settings import ControlPlaneSettings, InvalidSettings
 from shared.http_server import serve_until_stopped
 from shared.key_directory import KeyDirectory, passphrase_from_env
 from shared.mqtt.client import MqttClient, MqttSettings
+from shared.tls import ServerTls, TlsFileError
 from shared.trust_errors import KeyFileError
 
 log = logging.getLogger(__name__)
@@ -169,16 +170,36 @@ async def serve(
     """Serve until `stop` is set (or SIGINT/SIGTERM in the main thread), then shut down.
 
     Under systemd, READY follows the database check (the app's start-up) and the bind, and the
-    watchdog is pinged while `/api/v1/health` answers (`shared.http_server`).
+    watchdog is pinged while `/api/v1/health` answers (`shared.http_server`). With
+    `tls_cert_file` the API is HTTPS, its certificate loaded here, before anything starts.
     """
+    tls = await asyncio.to_thread(_server_tls, settings)
+    for link in settings.plain_links():
+        log.warning(
+            "not encrypted beyond loopback: %s; agents refuse it unless allow_plain_transport "
+            "is set on them",
+            link,
+        )
     runner = web.AppRunner(build_app(settings), access_log=None)
     host = settings.host
+    scheme = "https" if tls else "http"
     await serve_until_stopped(
         runner,
         host,
         settings.port,
-        lambda port: f"serving the control plane API on http://{host}:{port}/api/v1",
+        lambda port: f"serving the control plane API on {scheme}://{host}:{port}/api/v1",
         stop,
         started,
         live_path="/api/v1/health",
+        tls=tls,
     )
+
+
+def _server_tls(settings: ControlPlaneSettings) -> ServerTls | None:
+    """The HTTPS certificate and key, or None for plain HTTP (blocking: reads the files)."""
+    if settings.tls_cert_file is None:
+        return None
+    try:
+        return ServerTls.load(settings.tls_cert_file, settings.tls_key_file)
+    except TlsFileError as error:
+        raise InvalidSettings(f"{error}; check --tls-cert and --tls-key") from None

@@ -11,6 +11,10 @@
 #   EDGEFLEET_ENROLL_TOKEN_FILE  a file holding it (a Kubernetes or Docker secret)
 #   EDGEFLEET_ENROLL_ROOT_KEY    optional: the root.pub to pin instead of trusting the control
 #                                plane's on first use
+#   EDGEFLEET_ENROLL_CP_CA       optional: the CA certificate of the control plane's HTTPS, when
+#                                a private CA issued it (kept in the state directory)
+#   EDGEFLEET_AGENT_ALLOW_PLAIN_TRANSPORT  `agent enroll` and `agent run` read it: true lets
+#                                them use http:// and mqtt:// beyond loopback (a trusted network)
 # Arguments are handed to `edgefleet agent run`.
 set -eu
 
@@ -31,6 +35,9 @@ enroll() {
     fi
     if [ -n "${EDGEFLEET_ENROLL_ROOT_KEY:-}" ]; then
         set -- "$@" --root-key "$EDGEFLEET_ENROLL_ROOT_KEY"
+    fi
+    if [ -n "${EDGEFLEET_ENROLL_CP_CA:-}" ]; then
+        set -- "$@" --cp-ca "$EDGEFLEET_ENROLL_CP_CA"
     fi
     # The token travels in the environment, never on the command line (`ps` shows that).
     EDGEFLEET_ENROLL_TOKEN="$token" edgefleet "$@"

@@ -4,10 +4,15 @@
 #   docker build -f deploy/container/control-plane.Dockerfile -t edgefleet-control-plane .
 #   docker run edgefleet-control-plane cp migrate --data /var/lib/edgefleet-cp   (once per release)
 #   docker run -p 8080:8080 -v edgefleet-cp:/var/lib/edgefleet-cp -v ./keys:/etc/edgefleet/keys:ro \
+#       -v ./tls:/etc/edgefleet/tls:ro -e EDGEFLEET_CP_TLS_CERT_FILE=/etc/edgefleet/tls/cp.crt \
+#       -e EDGEFLEET_CP_TLS_KEY_FILE=/etc/edgefleet/tls/cp.key \
 #       -e EDGEFLEET_CP_DATABASE_URL=postgresql://... edgefleet-control-plane
 #
 # Settings are EDGEFLEET_CP_* variables (docs/operations.md); the image sets where data and
-# keys live and that the API listens on every interface of the container.
+# keys live and that the API listens on every interface of the container. That is not loopback,
+# so the control plane needs TLS: its own certificate (EDGEFLEET_CP_TLS_CERT_FILE and _KEY_FILE,
+# as above), or EDGEFLEET_CP_BEHIND_TLS_PROXY=true behind an Ingress or load balancer that
+# terminates TLS. Without either it refuses to start, and says so.
 
 # --- 1. Build the wheel ------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS wheel
@@ -52,7 +57,8 @@ EXPOSE 8080
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/opt/edgefleet/bin/python", "/usr/local/bin/edgefleet-healthcheck", \
-         "--port-env", "EDGEFLEET_CP_PORT", "--port", "8080", "/api/v1/health"]
+         "--port-env", "EDGEFLEET_CP_PORT", "--tls-env", "EDGEFLEET_CP_TLS_CERT_FILE", \
+         "--port", "8080", "/api/v1/health"]
 
 ENTRYPOINT ["edgefleet"]
 CMD ["cp", "serve"]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
 
-from agent.config import SettingsError, default_state_dir, load_settings
+from agent import cli as agent_cli
+from agent.config import (
+    ALLOW_PLAIN_TRANSPORT_ENV,
+    SettingsError,
+    default_state_dir,
+    load_settings,
+)
+from shared.cli import main
 
 TOML = """
 state_dir = "state"
@@ -101,3 +110,62 @@ def test_state_dir_defaults() -> None:
         "/var/lib/edgefleet"
     )
     assert default_state_dir({"XDG_STATE_HOME": "/s"}) == Path("/s/edgefleet")
+
+
+# --- Transport: TLS beyond loopback ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named", "fix"),
+    [
+        ({"bundles": {"assignment": "http://10.0.0.1:8080/a"}}, "bundles.assignment", "https://"),
+        ({"bundles": {"assignment": "http://cp.example.com/a"}}, "bundles.assignment", "https://"),
+        ({"mqtt": {"url": "mqtt://10.0.0.1:1883"}}, "mqtt.url", "mqtts://"),
+        ({"mqtt": {"url": "mqtt://broker.example.com"}}, "mqtt.url", "mqtts://"),
+    ],
+)
+def test_plain_links_beyond_loopback_are_refused_unless_allowed(
+    overrides: dict[str, dict[str, object]], named: str, fix: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(None, {}, overrides)
+    message = str(refused.value)
+    assert message.startswith(f"{named} = ")
+    assert f"use {fix}" in message
+    assert "allow_plain_transport = true" in message
+    assert "EDGEFLEET_AGENT_ALLOW_PLAIN_TRANSPORT=true" in message
+    assert "--allow-plain-transport" in message
+
+    allowed = load_settings(None, {}, {**overrides, "": {"allow_plain_transport": True}})
+    assert allowed.allow_plain_transport
+    env = {"EDGEFLEET_AGENT_ALLOW_PLAIN_TRANSPORT": "true"}
+    assert load_settings(None, env, overrides).allow_plain_transport
+    config = tmp_path / "agent.toml"
+    config.write_text("allow_plain_transport = true\n")
+    assert load_settings(config, {}, overrides).allow_plain_transport
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"bundles": {"assignment": "http://127.0.0.1:8080/a"}, "mqtt": {"url": "mqtt://[::1]"}},
+        {"bundles": {"assignment": "http://localhost/a"}, "mqtt": {"url": "mqtt://127.0.0.2"}},
+        {"bundles": {"assignment": "https://10.0.0.1/a"}, "mqtt": {"url": "mqtts://10.0.0.1"}},
+        {"bundles": {"assignment": "/srv/edgefleet/assignment.json"}},
+    ],
+)
+def test_loopback_and_tls_links_need_no_permission(overrides: dict[str, dict[str, str]]) -> None:
+    settings = load_settings(None, {}, overrides)
+    assert not settings.allow_plain_transport
+
+
+def test_the_cli_and_the_settings_name_one_variable() -> None:
+    assert agent_cli.ALLOW_PLAIN_TRANSPORT_ENV == ALLOW_PLAIN_TRANSPORT_ENV
+
+
+def test_agent_run_refuses_a_plain_remote_assignment_before_any_network(tmp_path: Path) -> None:
+    err = io.StringIO()
+    argv = ["agent", "run", "--state", str(tmp_path), "--assignment", "http://10.0.0.1/a"]
+    with redirect_stderr(err):
+        assert main(argv) == 1
+    assert "bundles.assignment = http://10.0.0.1/a is not encrypted" in err.getvalue()

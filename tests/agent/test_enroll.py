@@ -1,4 +1,8 @@
-"""`edgefleet agent enroll` against a real control plane, and `agent run --state` settings."""
+"""`edgefleet agent enroll` against a real control plane, and `agent run --state` settings.
+
+Also over HTTPS: a control plane serving a certificate from a test CA (`tests.shared.tls`), which
+the device trusts only when enrolled with `--cp-ca`, for enrollment and for assignments.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import asyncio
 import io
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +21,27 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from agent.bundles.sync import AssignmentSource
 from agent.config import SettingsError
-from agent.identity import IdentityFiles, load_identity, load_run_settings, request_signer
+from agent.identity import (
+    IdentityFiles,
+    control_plane_session,
+    control_plane_tls,
+    load_identity,
+    load_run_settings,
+    request_signer,
+)
+from agent.runner import load_trust
 from control_plane.api.app import build_app
 from control_plane.db.engine import create_engine_for, default_database_url
 from control_plane.db.migrate import upgrade
+from control_plane.settings import ControlPlaneSettings
+from shared.assignment import verify_assignment
 from shared.cli import build_parser, main
 from shared.key_directory import KeyDirectory
-from tests.control_plane.fleet import bearer, cp_settings, role_secrets
+from shared.tls import client_context
+from tests.control_plane.fleet import bearer, cp_settings, role_secrets, serving
+from tests.shared.tls import make_test_pki
 
 
 @dataclass
@@ -32,11 +51,13 @@ class ControlPlane:
     url: str
     keys: Path
     secrets: dict[str, str]
+    ca: Path | None = None  # the CA of its HTTPS certificate; None: plain HTTP
 
     async def token(self, **body: object) -> str:
         """A new enrollment token."""
+        tls = await asyncio.to_thread(client_context, self.ca) if self.ca else True
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session,
             session.post(
                 f"{self.url}/api/v1/enroll-tokens",
                 json=body,
@@ -71,6 +92,42 @@ async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         yield ControlPlane(settings.base_url, settings.keys_dir, secrets)
     finally:
         await server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def https_control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """`cp serve` with --tls-cert/--tls-key and an assignment key: it signs assignments."""
+    pki = await asyncio.to_thread(make_test_pki, tmp_path / "pki")
+    url = default_database_url(tmp_path)
+    await upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        secrets = await role_secrets(engine)
+    finally:
+        await engine.dispose()
+    keys = KeyDirectory(tmp_path / "keys")
+    await asyncio.to_thread(keys.create, time.time())
+    for role in ("root", "release"):  # a control plane holds the assignment key only
+        keys.key_file(role).unlink()
+    settings = ControlPlaneSettings.build(
+        {},
+        data_dir=tmp_path / "cp",
+        database_url=url,
+        keys_dir=keys.path,
+        port=free_port(),  # known before it starts: it is in the URLs devices are told
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+    )
+    settings.data_dir.mkdir()
+    async with serving(settings) as served:
+        assert served == settings.base_url
+        yield ControlPlane(served, keys.path, secrets, pki.ca)
 
 
 async def cli(*argv: str) -> tuple[int, str]:
@@ -223,14 +280,17 @@ def test_file_environment_and_flags_still_override(tmp_path: Path) -> None:
     write_identity(tmp_path / "state", mqtt_url="mqtt://plain:1883")
     config = tmp_path / "agent.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[mqtt]\ngroups = "mine"\n')
-    env = {"EDGEFLEET_AGENT_BUNDLES_POLL_INTERVAL_S": "5", "EDGEFLEET_AGENT_MQTT_URL": "mqtt://x"}
+    env = {
+        "EDGEFLEET_AGENT_BUNDLES_POLL_INTERVAL_S": "5",
+        "EDGEFLEET_AGENT_MQTT_URL": "mqtt://127.0.0.2",
+    }
     overrides = {"bundles": {"assignment": "/srv/assignment.json", "root_key": None}}
     settings = load_run_settings(config, env, overrides)
     assert settings.device_id == "edge-7"
     assert settings.bundles.assignment == "/srv/assignment.json"
     assert settings.bundles.root_key.endswith("identity/root.pub")
     assert settings.bundles.poll_interval_s == 5
-    assert (settings.mqtt.url, settings.mqtt.groups) == ("mqtt://x", "mine")
+    assert (settings.mqtt.url, settings.mqtt.groups) == ("mqtt://127.0.0.2", "mine")
     assert settings.mqtt.cert_file == ""  # not mqtts: no client certificate
 
 
@@ -258,3 +318,91 @@ def test_a_broken_identity_says_to_enroll_again(tmp_path: Path) -> None:
 def test_state_flag_and_its_alias(flag: str) -> None:
     args = build_parser().parse_args(["agent", "run", flag, "/srv/edge", "--port", "8001"])
     assert (args.state_dir, args.port) == (Path("/srv/edge"), 8001)
+
+
+# --- Over HTTPS --------------------------------------------------------------------------------
+
+
+async def test_enroll_over_https_with_cp_ca_then_fetch_the_assignment(
+    https_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    cp = https_control_plane
+    assert cp.ca is not None
+    assert cp.url.startswith("https://127.0.0.1:")
+    state = tmp_path / "state"
+    token = await cp.token()
+
+    # Without the CA the device cannot trust the control plane: refused, nothing written, and
+    # the token is not spent.
+    code, err = await cli(*enroll_args(cp, token, state))
+    assert code == 1
+    assert f"the control plane at {cp.url}/api/v1/enroll presented a certificate" in err
+    assert "pass that CA's certificate with --cp-ca FILE" in err
+    assert "nothing was written" in err
+    assert not state.exists()
+
+    code, err = await cli(*enroll_args(cp, token, state, "--cp-ca", str(cp.ca)))
+    assert code == 0, err
+    files = IdentityFiles(state)
+    assert files.cp_ca_certificate.read_bytes() == cp.ca.read_bytes()
+    assert mode(files.cp_ca_certificate) == 0o600
+
+    # `agent run --state` finds the CA and reaches the control plane as the runner does: a
+    # signed long-poll over HTTPS, answered with the device's first signed assignment.
+    settings = await asyncio.to_thread(load_run_settings, None, {}, {"": {"state_dir": str(state)}})
+    assert settings.bundles.ca_file == str(files.cp_ca_certificate)
+    assert settings.bundles.assignment == f"{cp.url}/api/v1/devices/edge-1/assignment"
+    tls = await asyncio.to_thread(control_plane_tls, settings)
+    signer = await asyncio.to_thread(request_signer, settings)
+    trust = await asyncio.to_thread(load_trust, settings)
+    with ThreadPoolExecutor(1) as executor:
+        async with control_plane_session(signer, tls) as session:
+            source = AssignmentSource.for_location(settings.bundles.assignment, session, executor)
+            document = await source.fetch()
+        # The system's CAs alone do not vouch for it: the device needs the stored CA.
+        async with control_plane_session(signer, None) as session:
+            source = AssignmentSource.for_location(settings.bundles.assignment, session, executor)
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await source.fetch()
+    assert document is not None
+    assignment = verify_assignment(
+        document, trust, device_id="edge-1", last_serial=0, now=time.time()
+    )
+    assert assignment.models == ()
+
+
+async def test_a_cp_ca_that_is_not_a_certificate_is_refused(
+    https_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    not_a_ca = tmp_path / "key.pem"
+    not_a_ca.write_text("not a certificate\n")
+    state = tmp_path / "state"
+    token = await https_control_plane.token()
+    code, err = await cli(*enroll_args(https_control_plane, token, state, "--cp-ca", str(not_a_ca)))
+    assert code == 1
+    assert "--cp-ca: cannot use the CA certificates" in err
+    assert not state.exists()
+
+
+async def test_plain_http_beyond_loopback_is_refused_before_any_network(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    code, err = await cli(
+        "agent", "enroll", "--cp", "http://10.0.0.1:8080", "--token", "efe_x",
+        "--state", str(state),
+    )  # fmt: skip
+    assert code == 1
+    assert "--cp http://10.0.0.1:8080 is plain HTTP to a host that is not loopback" in err
+    assert "--allow-plain-transport" in err
+    assert "--cp-ca" in err
+    assert not state.exists()
+
+
+def test_run_settings_keep_an_explicit_ca_file(tmp_path: Path) -> None:
+    write_identity(tmp_path)
+    files = IdentityFiles(tmp_path)
+    files.directory.mkdir()
+    files.cp_ca_certificate.write_text("stored\n")
+    overrides = {"": {"state_dir": str(tmp_path)}, "bundles": {"ca_file": "/etc/ssl/cp.pem"}}
+    assert load_run_settings(None, {}, overrides).bundles.ca_file == "/etc/ssl/cp.pem"
+    stored = load_run_settings(None, {}, {"": {"state_dir": str(tmp_path)}})
+    assert stored.bundles.ca_file == str(files.cp_ca_certificate)

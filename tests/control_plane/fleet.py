@@ -97,12 +97,16 @@ async def device_session(key: DeviceKey, device_id: str) -> AsyncIterator[aiohtt
 
 @asynccontextmanager
 async def serving(settings: ControlPlaneSettings) -> AsyncIterator[str]:
-    """`cp serve` on this loop (port 0 picks a free one); yields its URL, stops it afterwards."""
+    """`cp serve` on this loop (port 0 picks a free one); yields its URL, stops it afterwards.
+
+    The URL is https:// when the settings give a TLS certificate.
+    """
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(serve(settings, stop, port.set_result))
+    scheme = "https" if settings.tls_cert_file is not None else "http"
     try:
-        yield f"http://127.0.0.1:{await asyncio.wait_for(port, 30)}"
+        yield f"{scheme}://127.0.0.1:{await asyncio.wait_for(port, 30)}"
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)

@@ -176,6 +176,8 @@ async def test_openapi_lists_every_route(client: Client) -> None:
 
 def test_settings_from_environment(tmp_path: Path) -> None:
     env = {"EDGEFLEET_CP_DATA_DIR": str(tmp_path), "EDGEFLEET_CP_PORT": "9000"}
-    settings = ControlPlaneSettings.build(env, host="0.0.0.0")
+    # Every interface is not loopback: TLS is terminated in front (tests/control_plane/
+    # test_transport.py checks that rule).
+    settings = ControlPlaneSettings.build(env, host="0.0.0.0", behind_tls_proxy=True)
     assert settings.database_url == default_database_url(tmp_path)
     assert (settings.host, settings.port) == ("0.0.0.0", 9000)

@@ -98,7 +98,9 @@ def test_install_twice_then_uninstall(fake_wheel: Path, tmp_path: Path) -> None:
         "edge-7",
     ]
 
-    first = run_script(*install, *enroll, "--root-key", root_key)
+    cp_ca = tmp_path / "cp-ca.crt"
+    cp_ca.write_text("the control plane's private CA\n")
+    first = run_script(*install, *enroll, "--root-key", root_key, "--cp-ca", cp_ca)
     assert first.returncode == 0, first.stdout + first.stderr
     assert (root / "opt/edgefleet/venv/bin/edgefleet").is_file()
     config = root / "etc/edgefleet/agent.toml"
@@ -123,8 +125,11 @@ def test_install_twice_then_uninstall(fake_wheel: Path, tmp_path: Path) -> None:
         "edge-7",
         "--root-key",
         str(root / "etc/edgefleet/root.pub"),
+        "--cp-ca",
+        str(root / "etc/edgefleet/cp-ca.crt"),
     ]
     assert (root / "etc/edgefleet/root.pub").read_text() == "the pinned root key\n"
+    assert (root / "etc/edgefleet/cp-ca.crt").read_text() == "the control plane's private CA\n"
     for command in ("daemon-reload", "enable edgefleet-agent.service"):
         assert f"would run: systemctl {command}" in first.stdout
 

@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 
 from agent.config import load_settings
-from control_plane.settings import ControlPlaneSettings
+from control_plane.settings import ControlPlaneSettings, InvalidSettings
 from tests.deploy.deploy_files import (
     DEPLOY,
     K8S,
@@ -240,7 +240,7 @@ def config_map(objects: list[dict[str, Any]], name: str) -> dict[str, str]:
 
 def test_control_plane_accepts_every_setting_the_files_set() -> None:
     image = dockerfile_environment("control-plane.Dockerfile")
-    sources = [image, config_map(base_objects(), "edgefleet-cp-config")]
+    sources = [config_map(base_objects(), "edgefleet-cp-config")]
     sources.append(compose_environment("control-plane"))
     for overlay in OVERLAYS:
         if (objects := kustomize_build(K8S / "overlays" / overlay)) is not None:
@@ -249,22 +249,44 @@ def test_control_plane_accepts_every_setting_the_files_set() -> None:
         settings = ControlPlaneSettings.build({**image, **source})  # on top of the image's ENV
         assert settings.host == "0.0.0.0"
         assert str(settings.data_dir) == "/var/lib/edgefleet-cp"
+        # Every interface, so TLS: served here, or terminated by the proxy in front.
+        assert settings.tls_cert_file is not None or settings.behind_tls_proxy
+    # The image alone listens on every interface without TLS: refused, naming both ways out.
+    with pytest.raises(InvalidSettings, match=r"--tls-cert FILE .* --behind-tls-proxy"):
+        ControlPlaneSettings.build(image)
+    # Compose has no proxy in front: the control plane serves HTTPS itself.
+    compose = ControlPlaneSettings.build({**image, **compose_environment("control-plane")})
+    assert compose.tls_cert_file is not None
+    assert not compose.behind_tls_proxy
 
 
 def test_agent_accepts_every_setting_the_files_set() -> None:
     daemonset = next(o for o in base_objects() if o["kind"] == "DaemonSet")
     pod_env = {e["name"]: e.get("value", "node-1") for e in daemonset_env(daemonset)}
+    overlays = {
+        overlay: config_map(objects, "edgefleet-agent-config")
+        for overlay in OVERLAYS
+        if (objects := kustomize_build(K8S / "overlays" / overlay)) is not None
+    }
     for dockerfile in ("agent.Dockerfile", "agent-gpu.Dockerfile"):
         image = dockerfile_environment(dockerfile)
         sources = [
             {**config_map(base_objects(), "edgefleet-agent-config"), **pod_env},
             compose_environment("agent"),
+            *({**config, **pod_env} for config in overlays.values()),
         ]
         for source in [image, *sources]:
             settings = load_settings(None, {**image, **source})
             assert settings.server.host == "0.0.0.0"
             assert settings.server.port == 8000
             assert str(settings.state_dir) == "/var/lib/edgefleet"
+    # Where agents enroll over a plain in-cluster URL, they are told the network is trusted;
+    # production enrolls over https:// and allows nothing.
+    for overlay, config in overlays.items():
+        plain = config["EDGEFLEET_ENROLL_URL"].startswith("http://")
+        allowed = load_settings(None, {**config, **pod_env}).allow_plain_transport
+        assert allowed == plain, overlay
+    assert compose_environment("agent")["EDGEFLEET_ENROLL_URL"].startswith("https://")
 
 
 def daemonset_env(daemonset: dict[str, Any]) -> list[dict[str, Any]]:

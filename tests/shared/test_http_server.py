@@ -1,17 +1,25 @@
-"""`serve_until_stopped` under systemd: READY once listening, pings while the server answers."""
+"""`serve_until_stopped` under systemd: READY once listening, pings while the server answers.
+
+Over HTTPS too: the liveness check then asks through TLS, trusting the served certificate.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from shared.http_server import serve_until_stopped
 from shared.systemd import SystemdSettings
+from shared.tls import ServerTls, client_context
 from tests.shared.notify_socket import NotifyListener, has
+from tests.shared.tls import make_test_pki
 
 
 @pytest.fixture
@@ -109,3 +117,43 @@ async def test_a_server_that_cannot_bind_never_says_ready(listener: NotifyListen
                 systemd=SystemdSettings(listener.notify_socket, 0.02),
             )
     assert listener.drain() == []
+
+
+async def test_over_https_the_liveness_check_trusts_the_served_certificate(
+    listener: NotifyListener, tmp_path: Path
+) -> None:
+    pki = make_test_pki(tmp_path)
+    tls = ServerTls.load(pki.server_cert, pki.server_key)
+    assert tls.context.minimum_version is ssl.TLSVersion.TLSv1_2
+    live = LiveEndpoint()
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve_until_stopped(
+            _runner(live),
+            "0.0.0.0",  # the check goes to 127.0.0.1, a name the certificate need not carry
+            0,
+            lambda bound: f"listening on {bound}",
+            stop,
+            port.set_result,
+            live_path="/live",
+            systemd=SystemdSettings(listener.notify_socket, 0.02),
+            tls=tls,
+        )
+    )
+    try:
+        assert (await listener.next())["READY"] == "1"
+        for _ in range(2):
+            assert await listener.next() == {"WATCHDOG": "1"}
+        assert live.requests >= 2, "each ping follows an HTTPS request to the liveness path"
+        # What clients see: HTTPS with the served chain, verified against the CA.
+        connector = aiohttp.TCPConnector(ssl=client_context(pki.ca))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"https://localhost:{port.result()}/live") as response,
+        ):
+            assert response.status == 200
+    finally:
+        stop.set()
+        await server
+    await listener.next_matching(has("STOPPING", "1"))

@@ -5,21 +5,15 @@ command line once per module. For each pause point of `agent.bundles.pause.POINT
 installs v1, is told to move to v2, is frozen at the point (`bundles.test_pause_at`), killed
 with SIGKILL and started again. Every restart must serve a verified version (an inference
 matches the golden vectors of the version that answered), account for the interrupted attempt
-in the event log, and then finish the move to v2, because the sync loop retries it.
+in the event log, and then finish the move to v2, because the sync loop retries it. The agent
+process is `bench.chaos.device.AgentProcess`, which the chaos suite's crash scenario
+(`bench/chaos/crash_update.py`) also drives, at random moments instead of named points.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.bundles.lifecycle import EventLog, LifecycleEvent
+from agent.bundles.lifecycle import LifecycleEvent
 from agent.bundles.pause import POINTS
-from agent.bundles.state import Activation, AgentState, InstalledVersion, StateFile
-from agent.runner import EVENTS_FILE
-from shared.bundle import extract_bundle
+from agent.bundles.state import Activation, InstalledVersion
+from bench.chaos.device import EDGEFLEET, AgentProcess, Golden
 from shared.key_directory import KeyDirectory
 
-EDGEFLEET = [sys.executable, "-m", "shared.cli"]
 DEVICE_ID = "edge-crash-1"
 MODEL = "mlp"
-DEADLINE_S = 60.0
 # The states an attempt logs before it commits, in order (`pause.POINTS` less `committed`).
 PATH = ["downloading", "verifying", "staged", "validating", "warming", "probation"]
 
@@ -50,9 +41,7 @@ class Release:
     version: int
     digest: str
     assignment: Path  # signed for DEVICE_ID with serial == version
-    inputs: dict[str, np.ndarray]
-    expected: dict[str, np.ndarray]
-    tolerance: float
+    golden: Golden
 
     @property
     def installed(self) -> InstalledVersion:
@@ -68,10 +57,6 @@ class Kit:
     v1: Release
     v2: Release
 
-    def release(self, version: int) -> Release:
-        """The release with this version number."""
-        return {1: self.v1, 2: self.v2}[version]
-
 
 def edgefleet(*args: str) -> None:
     """Run an `edgefleet` command as the operator would; it must succeed."""
@@ -79,12 +64,6 @@ def edgefleet(*args: str) -> None:
         [*EDGEFLEET, *args], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, f"edgefleet {' '.join(args)}:\n{result.stdout}{result.stderr}"
-
-
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
 
 
 @pytest.fixture(scope="module")
@@ -107,203 +86,44 @@ def kit(sample_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Kit:
             "--serial", str(version), "--bundle", str(bundle), "-o", str(assignment),
         )  # fmt: skip
         # The golden vectors come from the verified bundle itself, not from the sample files.
-        files = root / f"mlp-v{version}"
-        verified = extract_bundle(bundle, files, trust)
-        golden = verified.manifest.golden
-        releases.append(
-            Release(
-                version=version,
-                digest=verified.digest,
-                assignment=assignment,
-                inputs=load_arrays(files / golden.inputs_file),
-                expected=load_arrays(files / golden.expected_file),
-                tolerance=golden.tolerance,
-            )
-        )
+        verified, golden = Golden.of_bundle(bundle, root / f"mlp-v{version}", trust)
+        releases.append(Release(version, verified.digest, assignment, golden))
     v1, v2 = releases
     assert v1.digest != v2.digest
     # One request checks whichever version answers it.
-    assert v1.inputs.keys() == v2.inputs.keys()
-    for name in v1.inputs:
-        np.testing.assert_array_equal(v1.inputs[name], v2.inputs[name])
+    assert v1.golden.inputs.keys() == v2.golden.inputs.keys()
+    for name in v1.golden.inputs:
+        np.testing.assert_array_equal(v1.golden.inputs[name], v2.golden.inputs[name])
     return Kit(keys, v1, v2)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Device:
-    """A state directory, its settings, and `edgefleet agent run` started and killed on it."""
+class Device(AgentProcess):
+    """`edgefleet agent run` on its own state directory (see `bench.chaos.device`), with fast
+    polling and probation, following the assignment file the test copies in."""
 
     def __init__(self, root: Path, kit: Kit, **bundles: Any) -> None:
+        options: dict[str, Any] = {"poll_interval_s": 0.2, "probation_duration_s": 0.3}
+        super().__init__(
+            root,
+            device_id=DEVICE_ID,
+            model=MODEL,
+            keys=kit.keys,
+            goldens={r.version: r.golden for r in (kit.v1, kit.v2)},
+            **{**options, **bundles},
+        )
         self.kit = kit
-        self.state_dir = root / "state"
-        self.assignment = root / "assignment.json"
-        self.config = root / "agent.toml"
-        self.log = root / "agent.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        options: dict[str, Any] = {
-            "assignment": str(self.assignment),
-            "root_key": str(kit.keys / "root.pub"),
-            "keylist": str(kit.keys / "keylist.json"),
-            "poll_interval_s": 0.2,
-            "probation_duration_s": 0.3,
-            **bundles,
-        }
-        lines = [
-            f"state_dir = {json.dumps(str(self.state_dir))}",
-            f"device_id = {json.dumps(DEVICE_ID)}",
-            "[bundles]",
-        ]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
-        lines += ["[selection]", "budget_s = 0.05"]
-        self.config.write_text("\n".join(lines) + "\n")
 
     def assign(self, release: Release) -> None:
         """Hand the device the operator's signed assignment for `release`."""
         shutil.copyfile(release.assignment, self.assignment)
 
-    def start(self, pause_at: str = "") -> None:
-        """Start the agent on a fresh port; with `pause_at`, it freezes at that point."""
-        assert self.process is None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
-        if pause_at:
-            env["EDGEFLEET_AGENT_BUNDLES_TEST_PAUSE_AT"] = pause_at
-        self.port = free_port()
-        with self.log.open("ab") as output:
-            output.write(f"--- start (pause at {pause_at or 'nothing'})\n".encode())
-            output.flush()
-            self.process = subprocess.Popen(
-                [
-                    *EDGEFLEET,
-                    "agent",
-                    "run",
-                    "--config",
-                    str(self.config),
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        """Poll `condition` until it holds, failing at the deadline or if the agent exits."""
-        deadline = time.monotonic() + DEADLINE_S
-        while not condition():
-            assert self.process is not None
-            code = self.process.poll()
-            assert code is None, f"the agent exited ({code}) waiting for {what}:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.tail()}"
-            time.sleep(0.02)
-
-    def wait_ready(self) -> None:
-        """Wait until `/v2/health/ready` says every assigned model has a version serving."""
-
-        def ready() -> bool:
-            try:
-                return self.get("/v2/health/ready")[0] == 200
-            except OSError:
-                return False
-
-        self.wait_for(ready, "readiness")
-
-    def stop(self) -> None:
-        """SIGTERM, which must end the agent cleanly."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self.process = None
-        assert code == 0, f"SIGTERM ended the agent with {code}:\n{self.tail()}"
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind runs."""
-        assert self.process is not None
-        self.process.kill()
-        assert self.process.wait(30) == -signal.SIGKILL
-        self.process = None
-
-    def close(self) -> None:
-        """Kill the agent if a failed test left it running."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(30)
-            self.process = None
-
-    def tail(self) -> str:
-        """The end of the agent's output, for failure messages."""
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def get(self, path: str) -> tuple[int, Any]:
-        """GET a JSON document: (status, body)."""
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def url(self, path: str) -> str:
-        """The agent's URL for `path`."""
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def events(self, release: Release | None = None) -> list[LifecycleEvent]:
-        """The event log, in order (only `release`'s events when given)."""
-        events = EventLog(self.state_dir / EVENTS_FILE).read()
-        return [e for e in events if release is None or e.digest == release.digest]
+    def events_of(self, release: Release) -> list[LifecycleEvent]:
+        """The events of one release, in order."""
+        return self.events(release.digest)
 
     def logged(self, release: Release, state: str, reason: str = "") -> bool:
         """True once the event log shows `release` reaching `state` (with `reason` in it)."""
-        return any(e.state == state and reason in e.reason for e in self.events(release))
-
-    def state(self) -> AgentState:
-        """The state file, loaded the way the agent loads it."""
-        return StateFile(self.state_dir).load()
-
-    def serves_verified(self) -> int:
-        """Run the golden inputs through the served version; check the answer against that
-        version's golden outputs; return the version."""
-        inputs = self.kit.v1.inputs
-        body = {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(array.shape),
-                    "datatype": "FP32",
-                    "data": array.ravel().tolist(),
-                }
-                for name, array in inputs.items()
-            ]
-        }
-        request = urllib.request.Request(
-            self.url(f"/v2/models/{MODEL}/infer"),
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        before = self.serving_version()
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer = json.loads(response.read())
-        after = self.serving_version()
-        # A swap may land between the calls, never outside them.
-        assert int(answer["model_version"]) in (before, after)
-        release = self.kit.release(int(answer["model_version"]))
-        outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
-        assert outputs.keys() == release.expected.keys()
-        for name, expected in release.expected.items():
-            np.testing.assert_allclose(outputs[name], expected, atol=release.tolerance, rtol=0)
-        return release.version
-
-    def serving_version(self) -> int:
-        """The version requests without one go to, as the model's configuration names it."""
-        status, config = self.get(f"/v2/models/{MODEL}/config")
-        assert status == 200, config
-        (version,) = config["version_policy"]["specific"]["versions"]
-        return int(version)
+        return any(e.state == state and reason in e.reason for e in self.events_of(release))
 
 
 @pytest.fixture
@@ -383,7 +203,7 @@ def test_a_kill_at_any_point_of_an_activation_restarts_on_a_verified_version(
     assert state.model(MODEL).activation is None
     assert state.model(MODEL).failed == ()
 
-    events = device.events(v2)
+    events = device.events_of(v2)
     states = [event.state for event in events]
     if point == "committed":
         # Killed between the commit and its event: the restart logs what it found.
@@ -398,8 +218,8 @@ def test_a_kill_at_any_point_of_an_activation_restarts_on_a_verified_version(
         assert interrupted.reason == f"the agent restarted during {point}"
         assert events[0].details == {"attempt": 1}
         assert events[len(first) + 1].details == {"attempt": 2}
-    assert [event.state for event in device.events(v1)][-2:] == ["active", "retired"]
-    assert events[-1].time <= device.events(v1)[-1].time  # v1 retires after v2 is active
+    assert [event.state for event in device.events_of(v1)][-2:] == ["active", "retired"]
+    assert events[-1].time <= device.events_of(v1)[-1].time  # v1 retires after v2 is active
 
 
 def test_an_activation_killed_max_attempts_times_is_given_up(
@@ -425,9 +245,9 @@ def test_an_activation_killed_max_attempts_times_is_given_up(
     assert record.active == v1.installed
     assert record.activation is None
     assert record.failed == (v2.digest,)
-    events = device.events(v2)
+    events = device.events_of(v2)
     assert events[-1].reason == f"gave up after {max_attempts} interrupted attempts"
     restarts = [e for e in events if e.reason == "the agent restarted during validating"]
     assert len(restarts) == max_attempts
     assert not device.logged(v2, "probation")  # it never served
-    assert [event.state for event in device.events(v1)][-1] == "active"
+    assert [event.state for event in device.events_of(v1)][-1] == "active"

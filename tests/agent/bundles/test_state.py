@@ -148,3 +148,14 @@ def test_a_state_file_from_a_killed_save_is_never_half_written(tmp_path: Path) -
     (tmp_path / f".{STATE_FILE}.0123456789ab.tmp").write_bytes(b'{"format": 1, "mo')
     assert file.load() == a_state()
     assert os.listdir(tmp_path).count(STATE_FILE) == 1
+
+
+def test_the_temporary_files_of_killed_saves_are_discarded_at_start(tmp_path: Path) -> None:
+    file = StateFile(tmp_path)
+    file.save(a_state())
+    for token in ("0123456789ab", "ba9876543210"):  # two saves killed before their rename
+        (tmp_path / f".{STATE_FILE}.{token}.tmp").write_bytes(b'{"format": 1, "mo')
+    (tmp_path / ".other.json.0123456789ab.tmp").write_bytes(b"{}")  # not the state's
+    assert file.discard_interrupted_writes() == 2
+    assert sorted(os.listdir(tmp_path)) == [".other.json.0123456789ab.tmp", STATE_FILE]
+    assert file.load() == a_state()
