@@ -19,7 +19,7 @@ from agent.repository import ModelRepository
 from agent.runtimes.registry import RuntimeRegistry
 from agent.selection import AcceleratorSelector
 from agent.selection_cache import SelectionCache
-from agent.server.malformed_log import quiet_malformed_requests
+from shared.malformed_log import quiet_malformed_requests
 from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes

@@ -35,11 +35,17 @@ from control_plane.rollout_controller import RolloutController
 from control_plane.settings import ControlPlaneSettings, InvalidSettings
 from shared.http_server import serve_until_stopped
 from shared.key_directory import KeyDirectory, passphrase_from_env
+from shared.malformed_log import quiet_malformed_requests
 from shared.mqtt.client import MqttClient, MqttSettings
 from shared.tls import ServerTls, TlsFileError
 from shared.trust_errors import KeyFileError
 
 log = logging.getLogger(__name__)
+
+# aiohttp closes a connection on which no complete request header arrived this long after it
+# opened or after its last answer: idle keep-alive connections and slowloris headers alike (its
+# default is over an hour). Long polls are not affected: the timer stops while a request runs.
+IDLE_CONNECTION_TIMEOUT_S = 60.0
 
 
 def build_app(settings: ControlPlaneSettings) -> web.Application:
@@ -180,7 +186,10 @@ async def serve(
             "is set on them",
             link,
         )
-    runner = web.AppRunner(build_app(settings), access_log=None)
+    quiet_malformed_requests()
+    runner = web.AppRunner(
+        build_app(settings), access_log=None, keepalive_timeout=IDLE_CONNECTION_TIMEOUT_S
+    )
     host = settings.host
     scheme = "https" if tls else "http"
     await serve_until_stopped(

@@ -262,3 +262,27 @@ async def test_operator_cli_with_ca_file(
     assert code == 1
     assert f"cannot use {pki.server_key} as CA certificates" in err
     assert "--ca-file" in err
+
+
+# --- Slow and idle clients ----------------------------------------------------------------------
+
+
+async def test_a_header_that_never_ends_is_closed_by_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same aiohttp timer closes idle keep-alive connections; 60 s in service, 0.5 s here.
+    monkeypatch.setattr("control_plane.api.app.IDLE_CONNECTION_TIMEOUT_S", 0.5)
+    database_url, _ = await migrated_with_token(tmp_path)
+    settings = build(tmp_path / "cp", database_url=database_url, host="127.0.0.1", port=0)
+    settings.data_dir.mkdir()
+    async with serving(settings) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: cp\r\nX-Slow: ")  # never ends
+            await writer.drain()
+            closed = await asyncio.wait_for(reader.read(), timeout=20)  # EOF: the server closed
+        finally:
+            writer.close()
+        assert b"200 OK" not in closed
+        assert await get_status(url + HEALTH, True) == 200  # and it serves everyone else

@@ -16,7 +16,7 @@ import pytest
 
 from agent.config import AgentSettings, SelectionSettings
 from agent.model import ModelSpec
-from agent.server.malformed_log import SERVER_LOGGER, MalformedRequestFilter
+from shared.malformed_log import SERVER_LOGGER, MalformedRequestFilter
 from tests.agent.fakes import fake_registry, write_fake_model
 from tests.agent.harness import AgentThread, running_agent
 

@@ -2,7 +2,7 @@
 
 A client that sends a 1 MiB header line or 10,000 headers gets 400 and its connection closed,
 as it should, but aiohttp logs each one at ERROR with a 15-line traceback (it spares only a bad
-method), so any client on the network can fill the agent's log with "errors" at will. The chaos
+method), so any client on the network can fill a server's log with "errors" at will. The chaos
 suite's hostile-clients scenario found it. `quiet_malformed_requests` installs a filter on
 aiohttp's server logger that drops those records, or, with debug logging on, keeps them as one
 debug line without the traceback. Every other record of that logger passes unchanged.
