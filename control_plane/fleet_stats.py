@@ -106,6 +106,7 @@ async def activation_outcomes(
     model: str,
     version: int,
     since: datetime,
+    timed_out: bool = False,
 ) -> dict[str, str]:
     """Per device: "active", "failed" or "pending" for `model` `version` since `since`.
 
@@ -115,6 +116,12 @@ async def activation_outcomes(
     other state is an activation under way, pending. Without such an event the device is
     active when its status lists the version READY (an agent without bundles reports no
     lifecycle), else pending.
+
+    With `timed_out` (the activation timeout has passed), a device whose events stop at an
+    activation under way is active too when its status lists the version READY and serving:
+    its last events were lost (the ingest loses what arrives while no control plane runs),
+    and a version still serving that long after it was assigned has passed the device's own
+    probation (60 s by default, against the 900 s timeout), or it would have been reverted.
     """
     outcomes = dict.fromkeys(device_ids, PENDING)
     for chunk in _chunks(device_ids):
@@ -134,7 +141,11 @@ async def activation_outcomes(
             newest[device_id] = (name, payload)  # ordered by time: the last one wins
         for device_id, (name, payload) in newest.items():
             outcomes[device_id] = _lifecycle_outcome(name, payload, version)
-        silent = [device_id for device_id in chunk if device_id not in newest]
+        silent = [
+            device_id
+            for device_id in chunk
+            if device_id not in newest or (timed_out and outcomes[device_id] == PENDING)
+        ]
         statuses = select(Device.id, Device.models).where(Device.id.in_(silent))
         for device_id, models in await session.execute(statuses):
             if _reports_ready(models, model, version):

@@ -156,8 +156,14 @@ class RolloutController:
         if any(m.state == MemberState.PENDING for m in members):
             return changed  # paced: more of this wave next minute
         assigned_at = max(m.assigned_at or wave.started_at for m in members)
+        timed_out = now - assigned_at >= timedelta(seconds=strategy.activation_timeout_s)
         outcomes = await activation_outcomes(
-            session, [m.device_id for m in members], rollout.model, rollout.version, wave.started_at
+            session,
+            [m.device_id for m in members],
+            rollout.model,
+            rollout.version,
+            wave.started_at,
+            timed_out=timed_out,  # then a device serving the version counts, events lost or not
         )
         for member in members:
             outcome = outcomes.get(member.device_id, PENDING)
@@ -166,7 +172,6 @@ class RolloutController:
                 member.updated_at = now
         settled = all(outcomes.get(m.device_id) in (ACTIVE_OUTCOME, FAILED) for m in members)
         observed = now - assigned_at >= timedelta(seconds=strategy.wait_s)
-        timed_out = now - assigned_at >= timedelta(seconds=strategy.activation_timeout_s)
         failed = sum(1 for m in members if outcomes.get(m.device_id) == FAILED)
         hopeless = 100.0 * failed / len(members) > gates.max_failure_pct
         if not hopeless and not timed_out and not (settled and observed):

@@ -32,9 +32,15 @@ def default_database_url(data_dir: Path) -> str:
 
 
 def create_engine_for(url: str) -> AsyncEngine:
-    """An async engine for `url`; SQLite connections get WAL and foreign keys switched on."""
+    """An async engine for `url`; SQLite connections get WAL and foreign keys switched on.
+
+    A networked database's pooled connections are pinged when checked out: after the server
+    restarted, a stale one is replaced there instead of failing the first request it serves.
+    """
     try:
-        engine = create_async_engine(async_driver(make_url(url)))
+        parsed = async_driver(make_url(url))
+        networked = parsed.get_backend_name() != "sqlite"
+        engine = create_async_engine(parsed, pool_pre_ping=networked)
     except (ArgumentError, SQLAlchemyError, ImportError) as error:
         raise DatabaseError(f"cannot use database URL {redact(url)}: {error}") from None
     if engine.dialect.name == "sqlite":

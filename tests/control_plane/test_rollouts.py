@@ -315,6 +315,38 @@ async def test_devices_that_never_activate_fail_the_gate_at_the_timeout(
     assert (await fleet.wave_gates(rollout, 0))["failure"]["value"] == 50.0
 
 
+async def test_at_the_timeout_a_device_serving_the_version_counts_though_its_events_were_lost(
+    fleet: Fleet, clock: Clock
+) -> None:
+    # A control plane killed while "a" activated v2 lost its probation and active events (the
+    # chaos suite's cp-restart scenario); its retained status, read again on restart, says v2
+    # serves. "c" got as far but serves v1 still: it did not make it.
+    await fleet.setup({"a": "x86-cpu", "b": "x86-cpu", "c": "x86-cpu"})
+    rollout = await fleet.start(
+        strategy={"kind": "all", "wait_s": 0, "activation_timeout_s": 600},
+        gates={"max_failure_pct": 50},
+    )
+    control = controller(fleet, clock)
+    await control.tick()
+    for device in ("a", "c"):
+        await fleet.report(device, 2, "warming", clock.now)
+    await fleet.report("b", 2, "active", clock.now)
+    async with open_session(fleet.engine) as session:
+        for device, version in (("a", 2), ("c", 1)):
+            row = await session.get(Device, device)
+            assert row is not None
+            row.models = [{"model": MODEL, "version": version, "state": "READY", "serving": True}]
+    clock.advance(599)
+    await control.tick()
+    assert (await fleet.state(rollout))[0] == "running"  # "a" may still be on probation
+    clock.advance(2)
+    await control.tick()
+    state, _, counts = await fleet.state(rollout)
+    assert state == "completed"  # without the status, 2 of 3 timed out: rolled back
+    assert counts["active"] == 2
+    assert (await fleet.wave_gates(rollout, 0))["failure"]["value"] == pytest.approx(33.333)
+
+
 async def test_pacing_assigns_at_most_the_rate_per_minute(fleet: Fleet, clock: Clock) -> None:
     devices = {f"d{i}": "x86-cpu" for i in range(5)}
     await fleet.setup(devices)
