@@ -19,13 +19,13 @@ from agent.repository import ModelRepository
 from agent.runtimes.registry import RuntimeRegistry
 from agent.selection import AcceleratorSelector
 from agent.selection_cache import SelectionCache
-from shared.malformed_log import quiet_malformed_requests
 from agent.server.metrics import build_registry
 from agent.server.middleware import error_middleware
 from agent.server.routes import add_routes
 from agent.server.state import DATAPLANE, METRICS, SETTINGS
 from agent.server.status_line import status_line
 from shared.http_server import serve_until_stopped
+from shared.malformed_log import quiet_malformed_requests
 
 if TYPE_CHECKING:
     from agent.telemetry.reporter import TelemetryReporter
