@@ -7,6 +7,14 @@ did and a table of figures, each with its target and verdict. `report` turns the
 `docs/reliability.md`. `--quick` is the short setting that `make test` runs
 (tests/chaos), with the same code and smaller counts and durations.
 
-Modules: `outcome` (options, figures, outcomes), `report` (the Markdown page), `scenarios`
-(the registry), `__main__` (the command line), and one module per scenario.
+Modules:
+- the frame: `outcome` (options, figures, outcomes), `report` (the Markdown page), `scenarios`
+  (the registry), `__main__` (the command line);
+- one module per scenario: `crash_update`, `disk_full`, `broker_outage`, `cp_restart`,
+  `overload`, `soak`, `hostile_clients`, `fuzz` (which runs tests/fuzz at a larger budget);
+- their parts: `device`, `kit`, `slow_server`, `state_check`, `tmpfs` (an agent under update
+  and what it leaves on disk); `witness`, `outbox_probe`, `traffic`, `outage_figures` (the
+  broker outage); `cp_world`, `cp_rollouts`, `cp_store`, `sim_process` (a control plane, its
+  database and a simulated fleet); `served_agent`, `capacity`, `http_load`, `resource_log`,
+  `attacks`, `soak_figures`, `hostile_figures` (load, attacks, and the agent's resources).
 """
