@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +30,30 @@ class _SlowCallbackRecorder(logging.Handler):
         message = record.getMessage()
         if message.startswith("Executing ") and " took " in message:
             self.reports.append(message)
+
+
+# aiosqlite runs each connection on a worker thread that hands results back to the loop that
+# asked. A connection whose close (or failed open) is still queued when a test ends would hand
+# its result to a closed loop, and the thread's "Event loop is closed" error would then fail
+# whichever test runs next. Threads started by a test get this long to finish before its loop
+# closes; threads of connections the test deliberately keeps open are left running after it.
+AIOSQLITE_THREAD_GRACE_S = 2.0
+
+
+def _aiosqlite_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+@pytest.fixture(autouse=True)
+async def aiosqlite_threads_finish() -> AsyncIterator[None]:
+    """Let the aiosqlite threads this test started finish while its event loop still runs."""
+    before = _aiosqlite_threads()
+    yield
+    deadline = time.monotonic() + AIOSQLITE_THREAD_GRACE_S
+    while any(t.is_alive() for t in _aiosqlite_threads() - before):
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crashes", type=int, help="kill -9 moments (default 50)")
     parser.add_argument("--outage-seconds", type=float, help="broker outage (default 60)")
     parser.add_argument("--soak-minutes", type=float, help="soak duration (default 30)")
-    parser.add_argument("--fuzz-examples", type=int, help="examples per fuzz target (default 2000)")
+    parser.add_argument("--fuzz-examples", type=int, help="examples per fuzz target (default 1000)")
     parser.add_argument(
         "--work", metavar="DIR", help="scratch directory (default: a temporary one)"
     )

@@ -20,7 +20,7 @@ class ChaosOptions:
     overload_factor: float = 10.0  # times the measured capacity
     overload_s: float = 20.0
     soak_s: float = 1800.0  # soak at half capacity
-    fuzz_examples: int = 2000  # Hypothesis examples per fuzz target
+    fuzz_examples: int = 1000  # Hypothesis examples per fuzz target
 
     @classmethod
     def quick(cls, work: Path, seed: int = 1) -> ChaosOptions:
